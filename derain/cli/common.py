@@ -1,0 +1,158 @@
+"""What every command shares: model and output options, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..engine import DEFAULT_OVERLAP, Derainer
+from ..imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from ..weights import WeightsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+console = Console(stderr=True, highlight=False)
+
+
+class InputFailed(click.ClickException):
+    """An input could not be processed (exit 1)."""
+
+    exit_code = EXIT_FAILED
+
+
+class BadSetup(click.ClickException):
+    """The command line names something unusable: weights, device, precision (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def model_options(command: Callable) -> Callable:
+    """--weights, --device, --precision, --tile, --tile-overlap."""
+    options = [
+        click.option(
+            "--weights",
+            "-w",
+            default=None,
+            metavar="NAME|PATH",
+            help="Shipped weights by name (see `derain weights`), or a file: ours, a training "
+            "checkpoint, or the official gen.pkl.  [default: shipped default]",
+        ),
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            metavar="auto|cpu|cuda[:N]|mps",
+            help="Where to run; auto picks CUDA, then MPS, then CPU.",
+        ),
+        click.option(
+            "--precision",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            help="auto: fp16 on GPU, bf16 on CPUs with native support, else fp32.",
+        ),
+        click.option(
+            "--tile",
+            default="auto",
+            show_default=True,
+            metavar="auto|N|0",
+            help="Tile edge in pixels for large photos; auto bounds memory, 0 disables tiling.",
+        ),
+        click.option(
+            "--tile-overlap",
+            default=DEFAULT_OVERLAP,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Pixels shared by neighbouring tiles (blended without seams).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def write_options(command: Callable) -> Callable:
+    """--quality, --ext and --max-pixels."""
+    options = [
+        click.option(
+            "--quality",
+            "-q",
+            default=95,
+            show_default=True,
+            type=click.IntRange(1, 100),
+            help="JPEG/WebP quality of written images.",
+        ),
+        click.option(
+            "--ext",
+            default=None,
+            type=click.Choice(sorted(e[1:] for e in IMAGE_EXTENSIONS), case_sensitive=False),
+            help="Force the output format.  [default: same as input]",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return limit_option(command)
+
+
+def limit_option(command: Callable) -> Callable:
+    """--max-pixels: the decompression-bomb guard."""
+    return click.option(
+        "--max-pixels",
+        default=str(DEFAULT_MAX_PIXELS // 1_000_000) + "M",
+        show_default=True,
+        callback=_parse_pixels,
+        metavar="N|NM|0",
+        help="Refuse images larger than this (checked before decoding); 0 = no limit.",
+    )(command)
+
+
+def _parse_pixels(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    text = value.strip().upper().removesuffix("P")
+    factor = 1_000_000 if text.endswith("M") else 1
+    try:
+        pixels = int(float(text.removesuffix("M")) * factor)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a pixel count like 200M or 50000000") from None
+    if pixels < 0:
+        raise click.BadParameter("must be ≥ 0")
+    return pixels or None
+
+
+def load_derainer(weights: str | None, device: str, precision: str, tile: str, tile_overlap: int) -> Derainer:
+    """Build the engine, turning any setup problem into a one-line error with exit code 2."""
+    try:
+        with console.status("Loading model…"):
+            return Derainer(weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap)
+    except (WeightsError, ValueError, TypeError) as exc:
+        raise BadSetup(str(exc)) from None
+
+
+def with_ext(path: Path, ext: str | None) -> Path:
+    return path.with_suffix("." + ext.lower()) if ext else path
+
+
+def one_line(exc: BaseException) -> str:
+    """A short reason for a failure, without a traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+def friendly(command: Callable) -> Callable:
+    """Unexpected operating-system errors become a one-line message instead of a traceback; Ctrl-C exits 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise InputFailed(one_line(exc)) from None
+        except KeyboardInterrupt:  # click would report it as "Aborted!" with exit code 1
+            console.print("[yellow]interrupted[/]")
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper

@@ -1,0 +1,285 @@
+"""The inference engine: ``Derainer(...).clean(image)``.
+
+Picks the device and numeric precision, pads to the network's size multiple, tiles large
+photos (bounded memory at any size), converts to the channel order the weights expect, and
+returns an array of the caller's shape and dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import SIZE_MULTIPLE, Generator
+from .tiling import Tile, plan_tiles
+from .weights import WeightsInfo, load_weights
+
+#: Overlap between neighbouring tiles, in pixels. The blend ignores the outer quarter of each
+#: overlap, so 128 keeps ≥ 32 px of real context at every tile edge.
+DEFAULT_OVERLAP = 128
+#: Tile area on the CPU: activations cost ~1.8 kB per pixel, so ~1.8 GB at this budget, which
+#: keeps a 24-megapixel photo under 3 GiB in all.
+CPU_TILE_PIXELS = 1_000_000
+#: Peak activation bytes per pixel, measured, used to size tiles from free GPU memory.
+BYTES_PER_PIXEL = {"fp32": 1900, "bf16": 1900, "fp16": 1000}
+#: Fraction of free GPU memory a batch of tiles may use.
+GPU_MEMORY_FRACTION = 0.5
+MAX_TILE_BATCH = 8
+MIN_TILE = 64
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' → CUDA, then MPS, then CPU; otherwise the named device, checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA was requested but is not available on this machine (try --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"no CUDA device {device.index}: this machine has {torch.cuda.device_count()}")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("MPS was requested but is not available on this machine (try --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 / AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device, bf16_native: bool | None = None) -> Precision:
+    """'auto' → fp16 on GPUs, bf16 on CPUs that support it natively, else fp32. Never fp16 on CPU."""
+    if name == "auto":
+        if device.type in ("cuda", "mps"):
+            return Precision.FP16
+        native = cpu_supports_bf16() if bf16_native is None else bf16_native
+        return Precision.BF16 if native else Precision.FP32
+    try:
+        precision = Precision(name)
+    except ValueError:
+        raise ValueError(f"unknown precision '{name}' (use auto, fp32, bf16 or fp16)") from None
+    if precision is Precision.FP16 and device.type == "cpu":
+        raise ValueError("fp16 is not supported on the CPU (use bf16 or fp32)")
+    return precision
+
+
+@dataclass
+class Restoration:
+    image: np.ndarray
+    """The derained image, same shape and dtype as the input."""
+    attention: list[np.ndarray] | None
+    """A_1 … A_N as float32 H×W in [0, 1], when asked for."""
+
+
+class Derainer:
+    """Removes adherent raindrops from photos with the Attentive GAN generator.
+
+    >>> derainer = Derainer()                      # shipped weights, best device and precision
+    >>> clean = derainer.clean(rgb)                # H×W×3 uint8 or uint16 in, same out
+    >>> maps = derainer.attention(rgb)             # N float32 maps in [0, 1]
+
+    ``weights``: None for the shipped default, a shipped name, or a path (ours, a training
+    checkpoint, or the official ``gen.pkl``). ``tile``: "auto" bounds memory, 0 never tiles,
+    N forces N-pixel tiles. ``tile_overlap``: pixels shared by neighbouring tiles.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | str = "auto",
+        tile_overlap: int = DEFAULT_OVERLAP,
+    ) -> None:
+        torch.set_flush_denormal(True)
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        self.tile = _parse_tile(tile)
+        if tile_overlap < 0:
+            raise ValueError("tile overlap must be ≥ 0")
+        self.tile_overlap = tile_overlap
+        model, self.info = load_weights(weights)
+        self.model = self._prepare(model)
+
+    @property
+    def weights_info(self) -> WeightsInfo:
+        return self.info
+
+    @property
+    def steps(self) -> int:
+        return self.model.config.steps
+
+    def _prepare(self, model: Generator) -> Generator:
+        model = model.to(self.device).eval().requires_grad_(False)
+        if self.precision is Precision.FP16:
+            model = model.half()
+        if self.precision is Precision.BF16 and self.device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision is Precision.BF16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- public API -------------------------------------------------------------------------
+
+    def clean(self, image: np.ndarray) -> np.ndarray:
+        """The image without raindrops: H×W×3 RGB uint8/uint16 in, same shape and dtype out."""
+        return self.run(image).image
+
+    def attention(self, image: np.ndarray) -> list[np.ndarray]:
+        """The N raindrop attention maps, float32 H×W clamped to [0, 1] (later = more refined)."""
+        return self.run(image, with_attention=True).attention
+
+    def run(self, image: np.ndarray, with_attention: bool = False) -> Restoration:
+        """Clean an image and, optionally, return the attention maps from the same pass."""
+        scale = _check_image(image)
+        height, width = image.shape[:2]
+        padded = _pad_to_multiple(image, SIZE_MULTIPLE)
+        if self.info.channel_order == "BGR":
+            padded = padded[..., ::-1]
+        tile = self._tile_size(*padded.shape[:2])
+        while True:
+            try:
+                out, maps = self._run_tiles(padded, scale, tile, with_attention)
+                break
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda" or tile <= MIN_TILE:
+                    raise
+                torch.cuda.empty_cache()
+                tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        out = out[:height, :width]
+        if self.info.channel_order == "BGR":
+            out = out[..., ::-1]
+        restored = np.clip(np.rint(out * scale), 0, scale).astype(image.dtype)
+        attention = [np.clip(m[:height, :width], 0.0, 1.0) for m in maps] if with_attention else None
+        return Restoration(restored, attention)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _tile_size(self, height: int, width: int) -> int:
+        """Edge of the square tiles to use for an image of this (padded) size."""
+        if self.tile == 0:
+            return max(height, width)
+        if self.tile is not None:
+            return self.tile
+        budget = self._pixel_budget()
+        if height * width <= budget:
+            return max(height, width)
+        return max(MIN_TILE, int(math.sqrt(budget)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+    def _pixel_budget(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * GPU_MEMORY_FRACTION / BYTES_PER_PIXEL[self.precision.value])
+        return CPU_TILE_PIXELS
+
+    def _batches(self, tiles: list[Tile]) -> Iterator[list[Tile]]:
+        """Groups of equal-size tiles that share one forward pass (on GPUs; one at a time on CPU)."""
+        per_batch = 1
+        if self.device.type != "cpu" and tiles:
+            area = tiles[0].rows.size * tiles[0].cols.size
+            per_batch = max(1, min(MAX_TILE_BATCH, self._pixel_budget() // area))
+        for i in range(0, len(tiles), per_batch):
+            yield tiles[i : i + per_batch]
+
+    def _run_tiles(
+        self, image: np.ndarray, scale: float, tile: int, with_attention: bool
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        height, width = image.shape[:2]
+        tiles = plan_tiles(height, width, tile, self.tile_overlap, SIZE_MULTIPLE)
+        out = np.zeros((height, width, 3), np.float32)
+        maps = [np.zeros((height, width), np.float32) for _ in range(self.steps)] if with_attention else []
+        for group in self._batches(tiles):
+            batch = np.stack([image[t.region] for t in group])
+            result = self._forward(batch, scale)
+            for k, t in enumerate(group):
+                w = t.weight
+                out[t.region] += result.image[k] * w[..., None]
+                for acc, m in zip(maps, result.attention):
+                    acc[t.region] += m[k] * w
+        return out, maps
+
+    def _forward(self, batch: np.ndarray, scale: float) -> Restoration:
+        """Run the generator on an N×H×W×3 integer batch; float32 N×H×W×3 and N×H×W maps out."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
+        x = x.float().div_(scale)
+        if self.precision is Precision.FP16:
+            x = x.half()
+        if self.precision is Precision.BF16 and self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = self.model(x)
+        image = out.image.float().permute(0, 2, 3, 1).cpu().numpy()
+        maps = [a.float()[:, 0].cpu().numpy() for a in out.attention]
+        return Restoration(image, maps)
+
+
+def _parse_tile(tile: int | str) -> int | None:
+    """None for automatic tiling, 0 for none, else a positive multiple of the size multiple."""
+    if tile == "auto" or tile is None:
+        return None
+    try:
+        size = int(tile)
+    except (TypeError, ValueError):
+        raise ValueError(f"tile must be 'auto', 0 or a size in pixels, not '{tile}'") from None
+    if size == 0:
+        return 0
+    if size < MIN_TILE:
+        raise ValueError(f"tile must be 0 (no tiling) or at least {MIN_TILE} pixels, not {size}")
+    return size // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+
+def _check_image(image: np.ndarray) -> float:
+    """Validate the API's input contract; returns the dtype's full-scale value."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError("image is empty")
+    if image.dtype == np.uint8:
+        return 255.0
+    if image.dtype == np.uint16:
+        return 65535.0
+    raise ValueError(f"expected uint8 or uint16 pixels, got {image.dtype}")
+
+
+def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad bottom/right to a multiple (symmetric for images too small to reflect)."""
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return image
+    mode = "reflect" if h > ph and w > pw else "symmetric"
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)

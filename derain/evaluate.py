@@ -1,0 +1,105 @@
+"""Score a model (or finished predictions) on a Raindrop-layout folder with the paper's protocol."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .engine import Derainer
+from .imageio import is_image_path, read_image
+from .train.data import find_pairs
+from .visualize import to_uint8
+
+_LEADING_NUMBER = re.compile(r"^(\d+)(?:_.*)?$")
+
+
+@dataclass
+class ImageScore:
+    name: str
+    psnr: float
+    ssim: float
+    input_psnr: float
+    input_ssim: float
+
+
+@dataclass
+class EvalReport:
+    images: list[ImageScore] = field(default_factory=list)
+
+    def _mean(self, key: str) -> float:
+        return float(np.mean([getattr(s, key) for s in self.images])) if self.images else float("nan")
+
+    @property
+    def mean_psnr(self) -> float:
+        return self._mean("psnr")
+
+    @property
+    def mean_ssim(self) -> float:
+        return self._mean("ssim")
+
+    @property
+    def input_mean_psnr(self) -> float:
+        return self._mean("input_psnr")
+
+    @property
+    def input_mean_ssim(self) -> float:
+        return self._mean("input_ssim")
+
+    def to_dict(self) -> dict:
+        return {
+            "mean_psnr": self.mean_psnr,
+            "mean_ssim": self.mean_ssim,
+            "input_mean_psnr": self.input_mean_psnr,
+            "input_mean_ssim": self.input_mean_ssim,
+            "images": [asdict(s) for s in self.images],
+        }
+
+
+def _bgr8(path: Path) -> np.ndarray:
+    return np.ascontiguousarray(to_uint8(read_image(path, max_pixels=None).rgb)[..., ::-1])
+
+
+def predictions_by_number(folder: Path) -> dict[int, Path]:
+    """Derained images named ``<i>.*`` or ``<i>_anything.*``, keyed by their number."""
+    found = {}
+    for path in sorted(Path(folder).iterdir()):
+        m = _LEADING_NUMBER.match(path.stem)
+        if m and path.is_file() and is_image_path(path):
+            found.setdefault(int(m.group(1)), path)
+    return found
+
+
+def evaluate(
+    root: Path,
+    derainer: Derainer | None = None,
+    pred_dir: Path | None = None,
+    on_image: Callable[[ImageScore], None] | None = None,
+) -> EvalReport:
+    """Score every pair under ``root``: the model's output, or ``pred_dir``'s images if given."""
+    if (derainer is None) == (pred_dir is None):
+        raise ValueError("give either a model or a folder of predictions")
+    pairs = find_pairs(root)
+    predictions = predictions_by_number(pred_dir) if pred_dir is not None else {}
+    if pred_dir is not None:
+        missing = [p.number for p in pairs if p.number not in predictions]
+        if missing:
+            raise ValueError(f"{pred_dir}: no prediction for pair(s) {', '.join(map(str, missing[:5]))}")
+    report = EvalReport()
+    for pair in pairs:
+        rainy, clean = _bgr8(pair.rainy), _bgr8(pair.clean)
+        if pred_dir is not None:
+            pred = _bgr8(predictions[pair.number])
+        else:
+            pred = np.ascontiguousarray(derainer.clean(np.ascontiguousarray(rainy[..., ::-1]))[..., ::-1])
+        p, s = metrics.score(pred, clean)
+        ip, is_ = metrics.score(rainy, clean)
+        score = ImageScore(pair.rainy.name, p, s, ip, is_)
+        report.images.append(score)
+        if on_image:
+            on_image(score)
+    return report

@@ -1,0 +1,101 @@
+"""Files in, files out: the steps every command shares, on top of :class:`Derainer`.
+
+Reading applies EXIF orientation and the pixel limit, alpha and grayscale pass through, and
+every write is atomic (see :mod:`derain.imageio`). The input is never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Derainer
+from .imageio import DEFAULT_MAX_PIXELS, Image, ImageError, is_image_path, read_image, write_image
+from .visualize import attention_overlay, attention_to_gray
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when both paths name one file (also through links or ``..``)."""
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def refuse_overwriting_input(src: Path, dst: Path) -> None:
+    if same_file(src, dst):
+        raise ImageError(f"{dst}: refusing to overwrite the input; choose another output path")
+
+
+def derained_image(image: Image, restored: np.ndarray) -> Image:
+    """Wrap the restored pixels with the input's alpha and grayscale-ness."""
+    if image.grayscale:  # the model answers in colour; a gray photo stays gray
+        gray = restored.astype(np.float32).mean(axis=2)
+        restored = np.repeat(np.rint(gray).astype(restored.dtype)[..., None], 3, axis=2)
+    return Image(rgb=restored, alpha=image.alpha, grayscale=image.grayscale)
+
+
+def overlay_image(image: Image, attention: np.ndarray) -> Image:
+    return Image(rgb=attention_overlay(image.rgb, attention), alpha=None, grayscale=False)
+
+
+def clean_file(
+    derainer: Derainer,
+    src: Path,
+    dst: Path,
+    quality: int = 95,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    overlay: Path | None = None,
+) -> None:
+    """Derain ``src`` into ``dst``; with ``overlay``, also write the attention overlay there."""
+    refuse_overwriting_input(src, dst)
+    if overlay is not None:  # before anything is written
+        refuse_overwriting_input(src, overlay)
+    image = read_image(src, max_pixels)
+    result = derainer.run(image.rgb, with_attention=overlay is not None)
+    write_image(dst, derained_image(image, result.image), quality)
+    if overlay is not None:
+        write_image(overlay, overlay_image(image, result.attention[-1]))
+
+
+@dataclass(frozen=True)
+class AttentionFiles:
+    maps: list[Path]
+    overlay: Path
+
+
+def attention_paths(src: Path, out_dir: Path, steps: int) -> AttentionFiles:
+    stem = src.stem
+    return AttentionFiles(
+        [out_dir / f"{stem}_att{i}.png" for i in range(1, steps + 1)], out_dir / f"{stem}_overlay.png"
+    )
+
+
+def attention_files(
+    derainer: Derainer, src: Path, out_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> AttentionFiles:
+    """Write the N attention maps as 8-bit PNGs and a heat-map overlay of the last one."""
+    image = read_image(src, max_pixels)
+    maps = derainer.attention(image.rgb)
+    paths = attention_paths(src, out_dir, len(maps))
+    for path in (*paths.maps, paths.overlay):
+        refuse_overwriting_input(src, path)
+    for path, attention in zip(paths.maps, maps):
+        write_image(
+            path, Image(rgb=np.repeat(attention_to_gray(attention)[..., None], 3, 2), alpha=None, grayscale=True)
+        )
+    write_image(paths.overlay, overlay_image(image, maps[-1]))
+    return paths
+
+
+def find_images(root: Path, exclude: Path | None = None) -> Iterator[Path]:
+    """Every image file under ``root``, recursively, sorted, skipping ``exclude`` (an output tree)."""
+    excluded = exclude.resolve() if exclude is not None else None
+    for path in sorted(root.rglob("*")):
+        if excluded is not None and (path.resolve() == excluded or excluded in path.resolve().parents):
+            continue
+        if path.is_file() and is_image_path(path) and not path.name.startswith("."):
+            yield path

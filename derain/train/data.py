@@ -1,0 +1,112 @@
+"""Paired data in the Raindrop layout, held in memory as uint8 and cropped in the main process.
+
+On a 2-core CPU a DataLoader's worker processes would steal the cores the model needs; keeping
+the decoded pairs in RAM makes sampling a batch cost next to nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..imageio import IMAGE_EXTENSIONS
+from ..synth import CLEAN_DIR, MASK_DIR, RAIN_DIR
+
+#: The paper's rule for pairs without a mask: rain where the difference exceeds 30 of 255.
+MASK_THRESHOLD = 30
+
+_NUMBERED = re.compile(r"^(\d+)_(rain|clean|mask)$")
+
+
+def _numbered(folder: Path, kind: str) -> dict[int, Path]:
+    found = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            m = _NUMBERED.match(path.stem)
+            if m and m.group(2) == kind and path.suffix.lower() in IMAGE_EXTENSIONS:
+                found[int(m.group(1))] = path
+    return found
+
+
+@dataclass(frozen=True)
+class Pair:
+    number: int
+    rainy: Path
+    clean: Path
+    mask: Path | None
+
+
+def find_pairs(root: Path) -> list[Pair]:
+    """Pairs ``data/<i>_rain.*`` with ``gt/<i>_clean.*`` (and ``mask/<i>_mask.*`` if present)."""
+    root = Path(root)
+    rainy, clean = _numbered(root / RAIN_DIR, "rain"), _numbered(root / CLEAN_DIR, "clean")
+    masks = _numbered(root / MASK_DIR, "mask")
+    numbers = sorted(set(rainy) & set(clean))
+    if not numbers:
+        raise ValueError(f"{root}: no pairs found (expected {RAIN_DIR}/<i>_rain.png and {CLEAN_DIR}/<i>_clean.png)")
+    return [Pair(n, rainy[n], clean[n], masks.get(n)) for n in numbers]
+
+
+def mask_from_difference(rainy: np.ndarray, clean: np.ndarray, threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """The paper's mask: 255 where any channel differs by more than ``threshold``."""
+    diff = np.abs(rainy.astype(np.int16) - clean.astype(np.int16)).max(axis=2)
+    return (diff > threshold).astype(np.uint8) * 255
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+class PairedImages:
+    """All pairs of a folder decoded into memory: rainy and clean RGB uint8, mask uint8 0/255."""
+
+    def __init__(self, root: Path, limit: int | None = None) -> None:
+        self.pairs = find_pairs(root)[:limit]
+        self.rainy, self.clean, self.masks = [], [], []
+        for pair in self.pairs:
+            rainy, clean = _read_rgb(pair.rainy), _read_rgb(pair.clean)
+            if rainy.shape != clean.shape:
+                raise ValueError(f"pair {pair.number}: rainy {rainy.shape} and clean {clean.shape} differ in size")
+            if pair.mask is not None:
+                mask = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
+                if mask is None:
+                    raise ValueError(f"cannot read {pair.mask}")
+            else:
+                mask = mask_from_difference(rainy, clean)
+            self.rainy.append(rainy)
+            self.clean.append(clean)
+            self.masks.append(mask)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, rng: np.random.Generator, size: int, patch: int) -> dict[str, torch.Tensor]:
+        """Random ``patch``² crops with horizontal flips: rainy, clean (N×3×P×P), mask (N×1×P×P) in [0, 1]."""
+        rainy, clean, masks = [], [], []
+        for _ in range(size):
+            i = int(rng.integers(len(self)))
+            h, w = self.masks[i].shape
+            p = min(patch, h, w) // 4 * 4
+            y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+            sl = (slice(y, y + p), slice(x, x + p))
+            flip = slice(None, None, -1 if rng.random() < 0.5 else 1)
+            rainy.append(self.rainy[i][sl][:, flip])
+            clean.append(self.clean[i][sl][:, flip])
+            masks.append(self.masks[i][sl][:, flip])
+        return {
+            "rainy": _to_tensor(np.stack(rainy)),
+            "clean": _to_tensor(np.stack(clean)),
+            "mask": _to_tensor(np.stack(masks)[..., None]),
+        }
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)

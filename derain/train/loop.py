@@ -1,0 +1,311 @@
+"""Training the generator: schedule, EMA, checkpoints, validation, export.
+
+One process, no DataLoader workers (see :mod:`.data`). A checkpoint holds everything needed to
+resume bit-for-bit on the same machine: model, EMA, optimiser, step and the random generators.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics
+from ..model import AttentiveDiscriminator, Generator, GeneratorConfig, init_for_training
+from ..weights import load_weights, save_weights
+from . import losses
+from .data import PairedImages
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults are the recipe that converges on a 2-core CPU."""
+
+    steps: int = 4000
+    batch: int = 4
+    patch: int = 128
+    lr: float = 5e-4
+    rnn_lr_scale: float = 2.0
+    """The attentive-recurrent branch learns faster with a larger step (it starts slowest)."""
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    clip: float = 1.0
+    ema_decay: float = 0.999
+    rnn_only_fraction: float = 0.1
+    """Train the attentive-recurrent network alone for this first part of the run."""
+    distance: str = "mse"
+    """'mse' (the paper's) or 'l1'. With a residual output, L1's constant pull towards zero on the
+    drop-free 90 % of pixels holds the correction at zero for a long time; MSE lets the large
+    errors inside drops lead."""
+    ssim_weight: float = 0.1
+    gan_weight: float = 0.0
+    """0 disables the discriminator; the paper uses 0.01 (best added late in a run)."""
+    residual: bool = True
+    seed: int = 0
+    val_every: int = 250
+    val_images: int = 16
+    val_crop: int = 256
+    checkpoint_every: int = 100
+    log_every: int = 10
+    generator: dict = field(default_factory=dict)
+    """Overrides of :class:`GeneratorConfig` (tiny models for tests)."""
+    init_weights: str | None = None
+    """Start from these weights (a shipped name or a path) instead of a fresh initialisation."""
+    device: str = "cpu"
+
+
+@dataclass
+class Log:
+    step: int
+    steps: int
+    losses: dict[str, float]
+    lr: float
+    seconds_per_step: float
+    validation: dict[str, float] | None = None
+
+    @property
+    def eta_seconds(self) -> float:
+        return (self.steps - self.step) * self.seconds_per_step
+
+
+class EMA:
+    """Exponential moving average of the weights, warmed up so early steps are not frozen in."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.state_dict().values(), model.state_dict().values()):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _to_bgr8(t: torch.Tensor) -> np.ndarray:
+    return (t.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()[..., ::-1]).copy()
+
+
+@torch.inference_mode()
+def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dict[str, float]:
+    """Paper-protocol PSNR/SSIM (and the input's own) on centre crops, plus attention IoU."""
+    model.eval()
+    scores = {"psnr": [], "ssim": [], "input_psnr": [], "input_ssim": []}
+    inter = union = 0
+    for i in range(min(count, len(data))):
+        h, w = data.masks[i].shape
+        ch, cw = min(crop, h) // 4 * 4, min(crop, w) // 4 * 4
+        y, x = (h - ch) // 2, (w - cw) // 2
+        sl = (slice(y, y + ch), slice(x, x + cw))
+        rainy = torch.from_numpy(data.rainy[i][sl].copy()).permute(2, 0, 1)[None].float() / 255
+        out = model(rainy.to(next(model.parameters()).device))
+        clean = data.clean[i][sl][..., ::-1]
+        for prefix, img in (("", _to_bgr8(out.image[0].cpu())), ("input_", data.rainy[i][sl][..., ::-1])):
+            p, s = metrics.score(np.ascontiguousarray(img), np.ascontiguousarray(clean))
+            scores[prefix + "psnr"].append(p)
+            scores[prefix + "ssim"].append(s)
+        pred = out.attention[-1][0, 0].cpu().numpy() >= 0.5
+        truth = data.masks[i][sl] > 127
+        inter += int((pred & truth).sum())
+        union += int((pred | truth).sum())
+    result = {k: float(np.mean([v for v in vals if math.isfinite(v)] or [float("inf")])) for k, vals in scores.items()}
+    result["attention_iou"] = inter / union if union else 1.0
+    return result
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, train_dir: Path, out_dir: Path, val_dir: Path | None = None) -> None:
+        torch.set_flush_denormal(True)
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.train_data = PairedImages(train_dir)
+        self.val_data = PairedImages(val_dir, limit=cfg.val_images) if val_dir else None
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        if cfg.init_weights:
+            self.model, _ = load_weights(cfg.init_weights)
+            self.model.train()
+        else:
+            self.model = Generator(GeneratorConfig.from_dict({"residual": cfg.residual, **cfg.generator}))
+            init_for_training(self.model)
+        rnn_params = list(self.model.attentive_rnn.parameters())
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": rnn_params, "lr_scale": cfg.rnn_lr_scale},
+                {"params": list(self.model.autoencoder.parameters()), "lr_scale": 1.0},
+            ],
+            lr=cfg.lr,
+        )
+        self.device = torch.device(cfg.device)
+        self.model.to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.discriminator = self.d_optimizer = None
+        if cfg.gan_weight > 0:
+            self.discriminator = AttentiveDiscriminator().to(self.device)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.step = 0
+        self.best_psnr = -math.inf
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "generator": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "config": self.model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "train_config": asdict(self.cfg),
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["d_optimizer"] = self.d_optimizer.state_dict()
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)  # our own file: has RNG state
+        self.model.load_state_dict(state["generator"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.best_psnr = state.get("best_psnr", -math.inf)
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+    def _set_lr(self) -> float:
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        if self.d_optimizer is not None:
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        batch = self.train_data.batch(self.rng, cfg.batch, cfg.patch)
+        rainy, clean, mask = (batch[k].to(self.device, non_blocking=True) for k in ("rainy", "clean", "mask"))
+        rnn_only = self.step < cfg.rnn_only_fraction * cfg.steps
+        if rnn_only:
+            maps = self.model.attentive_rnn(rainy)
+            parts = {"att": losses.attention_loss(maps, mask)}
+        else:
+            out = self.model(rainy)
+            parts = {
+                "att": losses.attention_loss(out.attention, mask),
+                "ms": losses.multiscale_loss(
+                    (out.side_quarter, out.side_half, out.image), clean, distance=cfg.distance
+                ),
+            }
+            if cfg.ssim_weight:
+                parts["ssim"] = cfg.ssim_weight * losses.ssim_loss(out.image, clean)
+            if self.discriminator is not None:
+                parts.update(self._adversarial(out, clean))
+        total = sum(parts.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        self.ema.update(self.model, self.step)
+        return {k: v.item() for k, v in parts.items()} | {"total": total.item()}
+
+    def _adversarial(self, out, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One discriminator update, then the generator's adversarial term."""
+        fake = out.image.clamp(0, 1)
+        real_logit, real_map = self.discriminator(clean)
+        fake_logit, fake_map = self.discriminator(fake.detach())
+        d_loss = losses.discriminator_loss(
+            real_logit, fake_logit, real_map, fake_map, out.attention[-1].detach().clamp(0, 1)
+        )
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+        g_logit, _ = self.discriminator(fake)
+        return {"gan": self.cfg.gan_weight * losses.generator_adversarial_loss(g_logit)}
+
+    def run(self) -> Iterator[Log]:
+        """Train to ``cfg.steps``, yielding a :class:`Log` every ``log_every`` steps."""
+        cfg = self.cfg
+        window: dict[str, list[float]] = {}
+        tick = time.perf_counter()
+        since = 0
+        while self.step < cfg.steps:
+            lr = self._set_lr()
+            for k, v in self.train_step().items():
+                window.setdefault(k, []).append(v)
+            self.step += 1
+            since += 1
+            validation = None
+            if self.val_data is not None and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                validation = validate(self.ema.model, self.val_data, cfg.val_images, cfg.val_crop)
+                if validation["psnr"] > self.best_psnr:
+                    self.best_psnr = validation["psnr"]
+                    self.export(self.out_dir / "best.safetensors", {"validation_crops": validation})
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if self.step % cfg.log_every == 0 or validation or self.step == cfg.steps:
+                elapsed = time.perf_counter() - tick
+                yield Log(
+                    self.step,
+                    cfg.steps,
+                    {k: float(np.mean(v)) for k, v in window.items()},
+                    lr,
+                    elapsed / since,
+                    validation,
+                )
+                window, tick, since = {}, time.perf_counter(), 0
+
+    def export(self, path: Path, extra: dict | None = None) -> Path:
+        """Write the EMA weights in the shipped format with their training provenance."""
+        meta = {
+            "trained_steps": self.step,
+            "train_config": {k: v for k, v in asdict(self.cfg).items() if k != "generator"},
+            **(extra or {}),
+        }
+        return save_weights(self.ema.model, path, meta)
+
+
+def train(
+    cfg: TrainConfig,
+    train_dir: Path,
+    out_dir: Path,
+    val_dir: Path | None = None,
+    resume: bool = True,
+    on_log: Callable[[Log], None] | None = None,
+) -> Trainer:
+    """Train (resuming from ``out_dir/checkpoint.pt`` when present) and export ``final.safetensors``."""
+    trainer = Trainer(cfg, train_dir, out_dir, val_dir)
+    if resume and trainer.checkpoint_path.exists():
+        trainer.resume(trainer.checkpoint_path)
+    for log in trainer.run():
+        if on_log:
+            on_log(log)
+    trainer.export(Path(out_dir) / "final.safetensors")
+    return trainer

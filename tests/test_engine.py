@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from derain.engine import Derainer, Precision, _parse_tile, pick_device, pick_precision
+from derain.metrics import psnr
+
+from .conftest import random_image
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (33, 18), (64, 64)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_clean_keeps_shape_and_dtype(tiny_weights, rng, shape, dtype):
+    image = random_image(rng, *shape, dtype=dtype)
+    out = Derainer(tiny_weights, device="cpu").clean(image)
+    assert out.shape == image.shape and out.dtype == dtype
+
+
+def test_uint16_is_processed_in_float_not_squashed_to_8_bits(tiny_weights, rng):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32")
+    image16 = random_image(rng, 16, 16, np.uint16)
+    out16 = derainer.clean(image16)
+    assert np.any(out16 % 257 != 0), "16-bit output keeps values between the 8-bit levels"
+    out8 = derainer.clean(np.rint(image16 / 257).astype(np.uint8))
+    assert np.abs(out16 / 257 - out8).max() <= 2
+
+
+def test_attention_maps_are_float_in_unit_range(tiny_weights, rng):
+    maps = Derainer(tiny_weights, device="cpu").attention(random_image(rng, 21, 30))
+    assert len(maps) == 2
+    for m in maps:
+        assert m.shape == (21, 30) and m.dtype == np.float32
+        assert m.min() >= 0 and m.max() <= 1
+
+
+def test_run_returns_image_and_maps_from_one_pass(tiny_weights, rng):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32")
+    image = random_image(rng, 20, 24)
+    result = derainer.run(image, with_attention=True)
+    assert np.array_equal(result.image, derainer.clean(image))
+    assert derainer.run(image).attention is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((0, 4, 3), np.uint8),
+    ],
+)
+def test_bad_arrays_are_rejected(tiny_weights, bad):
+    with pytest.raises(ValueError):
+        Derainer(tiny_weights, device="cpu").clean(bad)
+
+
+def test_tiled_equals_untiled_on_a_small_model(tiny_weights, rng):
+    image = random_image(rng, 150, 190)
+    whole = Derainer(tiny_weights, device="cpu", precision="fp32", tile=0).clean(image)
+    tiled = Derainer(tiny_weights, device="cpu", precision="fp32", tile=64, tile_overlap=48).clean(image)
+    assert psnr(whole, tiled) > 45
+
+
+def test_auto_tiling_splits_large_images(tiny_weights, monkeypatch):
+    import derain.engine as engine
+
+    derainer = Derainer(tiny_weights, device="cpu")
+    monkeypatch.setattr(engine, "CPU_TILE_PIXELS", 100 * 100)
+    assert derainer._tile_size(300, 400) == 100
+    assert derainer._tile_size(80, 100) == 100  # fits the budget: one tile
+    assert Derainer(tiny_weights, device="cpu", tile=0)._tile_size(3000, 4000) == 4000
+
+
+def test_precision_selection():
+    assert pick_precision("auto", CPU, bf16_native=True) is Precision.BF16
+    assert pick_precision("auto", CPU, bf16_native=False) is Precision.FP32
+    assert pick_precision("auto", torch.device("cuda")) is Precision.FP16
+    assert pick_precision("fp32", torch.device("cuda")) is Precision.FP32
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        pick_precision("fp16", CPU)
+    with pytest.raises(ValueError, match="unknown precision"):
+        pick_precision("int8", CPU)
+
+
+def test_device_and_tile_validation():
+    assert pick_device("cpu") == CPU
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("toaster")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA was requested"):
+            pick_device("cuda")
+    assert _parse_tile("auto") is None and _parse_tile("0") == 0 and _parse_tile("257") == 256
+    for bad in ("big", "10"):
+        with pytest.raises(ValueError, match="tile"):
+            _parse_tile(bad)
+
+
+def test_bf16_output_is_close_to_fp32(tiny_weights, rng):
+    image = random_image(rng, 40, 48)
+    fp32 = Derainer(tiny_weights, device="cpu", precision="fp32").clean(image)
+    bf16 = Derainer(tiny_weights, device="cpu", precision="bf16").clean(image)
+    assert psnr(fp32, bf16) > 30
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_matches_cpu_fp32(tiny_weights, rng):
+    image = random_image(rng, 200, 300)
+    cpu = Derainer(tiny_weights, device="cpu", precision="fp32").clean(image)
+    gpu = Derainer(tiny_weights, device="cuda")
+    assert gpu.precision is Precision.FP16
+    assert psnr(cpu, gpu.clean(image)) > 40

@@ -1,0 +1,54 @@
+import cv2
+import numpy as np
+import pytest
+
+from derain.engine import Derainer
+from derain.evaluate import evaluate, predictions_by_number
+from derain.metrics import psnr, ssim
+
+
+def _dataset(root, rng, count=3, size=(30, 23)):
+    for d in ("data", "gt", "pred"):
+        (root / d).mkdir(parents=True)
+    expected = []
+    for i in range(1, count + 1):
+        clean = rng.integers(0, 256, (size[1], size[0], 3)).astype(np.uint8)
+        rainy = np.clip(clean.astype(int) + rng.integers(-30, 30, clean.shape), 0, 255).astype(np.uint8)
+        pred = np.clip(clean.astype(int) + rng.integers(-5, 5, clean.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "data" / f"{i}_rain.png"), rainy)
+        cv2.imwrite(str(root / "gt" / f"{i}_clean.png"), clean)
+        cv2.imwrite(str(root / "pred" / f"{i}_derained.png"), pred)
+        y = [cv2.cvtColor(im[:20, :28], cv2.COLOR_BGR2YCrCb)[..., 0] for im in (pred, clean, rainy)]
+        expected.append((psnr(y[0], y[1]), ssim(y[0], y[1]), psnr(y[2], y[1])))
+    return expected
+
+
+def test_pred_scores_follow_the_protocol(tmp_path):
+    expected = _dataset(tmp_path, np.random.default_rng(0))
+    report = evaluate(tmp_path, pred_dir=tmp_path / "pred")
+    assert [s.name for s in report.images] == ["1_rain.png", "2_rain.png", "3_rain.png"]
+    for score, (p, s, ip) in zip(report.images, expected):
+        assert score.psnr == pytest.approx(p, abs=1e-9) and score.ssim == pytest.approx(s, abs=1e-12)
+        assert score.input_psnr == pytest.approx(ip, abs=1e-9)
+    assert report.mean_psnr == pytest.approx(np.mean([e[0] for e in expected]))
+    d = report.to_dict()
+    assert set(d) >= {"mean_psnr", "mean_ssim", "images"} and set(d["images"][0]) >= {"name", "psnr", "ssim"}
+
+
+def test_missing_predictions_are_reported(tmp_path):
+    _dataset(tmp_path, np.random.default_rng(1))
+    (tmp_path / "pred" / "2_derained.png").unlink()
+    with pytest.raises(ValueError, match="no prediction for pair.*2"):
+        evaluate(tmp_path, pred_dir=tmp_path / "pred")
+
+
+def test_predictions_are_matched_by_leading_number(tmp_path):
+    for name in ("3.png", "12_rain.jpg", "x_5.png", "7_out.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert {n: p.name for n, p in predictions_by_number(tmp_path).items()} == {3: "3.png", 12: "12_rain.jpg"}
+
+
+def test_running_the_model_scores_its_output(tmp_path, tiny_weights):
+    _dataset(tmp_path, np.random.default_rng(2), count=2)
+    report = evaluate(tmp_path, derainer=Derainer(tiny_weights, device="cpu"))
+    assert len(report.images) == 2 and all(np.isfinite(s.psnr) for s in report.images)

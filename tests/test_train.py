@@ -1,0 +1,114 @@
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from derain.engine import Derainer
+from derain.train.data import PairedImages, find_pairs, mask_from_difference
+from derain.train.loop import TrainConfig, lr_at, train
+from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
+
+from .conftest import TINY
+
+
+def _write_pairs(root, count=3, size=(40, 32), with_masks=True, seed=0):
+    rng = np.random.default_rng(seed)
+    for d in ("data", "gt", "mask"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        clean = rng.integers(0, 200, (size[1], size[0], 3)).astype(np.uint8)
+        rainy = clean.copy()
+        rainy[4:12, 6:14] = 255
+        cv2.imwrite(str(root / "data" / f"{i + 1}_rain.png"), rainy)
+        cv2.imwrite(str(root / "gt" / f"{i + 1}_clean.png"), clean)
+        if with_masks:
+            cv2.imwrite(str(root / "mask" / f"{i + 1}_mask.png"), mask_from_difference(rainy, clean))
+
+
+def test_pairs_are_matched_by_number(tmp_path):
+    _write_pairs(tmp_path, count=3)
+    (tmp_path / "data" / "9_rain.png").write_bytes((tmp_path / "data" / "1_rain.png").read_bytes())  # no gt
+    (tmp_path / "gt" / "notes.txt").write_text("ignored")
+    pairs = find_pairs(tmp_path)
+    assert [p.number for p in pairs] == [1, 2, 3]
+    assert pairs[0].rainy.name == "1_rain.png" and pairs[0].clean.name == "1_clean.png"
+
+
+def test_missing_masks_come_from_the_papers_threshold(tmp_path):
+    _write_pairs(tmp_path, count=1, with_masks=False)
+    data = PairedImages(tmp_path)
+    rainy, clean = data.rainy[0].astype(int), data.clean[0].astype(int)
+    expected = (np.abs(rainy - clean).max(axis=2) > 30) * 255
+    assert np.array_equal(data.masks[0], expected)
+    assert data.masks[0][4:12, 6:14].all()
+
+
+def test_batches_have_the_right_shapes_and_ranges(tmp_path):
+    _write_pairs(tmp_path)
+    batch = PairedImages(tmp_path).batch(np.random.default_rng(0), 5, 16)
+    assert batch["rainy"].shape == batch["clean"].shape == (5, 3, 16, 16)
+    assert batch["mask"].shape == (5, 1, 16, 16)
+    assert 0 <= batch["rainy"].min() and batch["rainy"].max() <= 1
+    assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+
+
+def test_attention_loss_weighs_later_steps_more():
+    mask = torch.ones(1, 1, 4, 4)
+    maps = [torch.zeros(1, 1, 4, 4) for _ in range(4)]
+    assert math.isclose(attention_loss(maps, mask).item(), 1 + 0.8 + 0.64 + 0.512, rel_tol=1e-6)
+    maps[-1] = mask.clone()
+    assert math.isclose(attention_loss(maps, mask).item(), 0.8 + 0.64 + 0.512, rel_tol=1e-6)
+
+
+def test_multiscale_loss_compares_each_scale_with_the_downscaled_target():
+    target = torch.zeros(1, 3, 8, 8)
+    outputs = (torch.ones(1, 3, 2, 2), torch.ones(1, 3, 4, 4), torch.full((1, 3, 8, 8), 2.0))
+    assert math.isclose(multiscale_loss(outputs, target, distance="l1").item(), 0.6 + 0.8 + 2.0, rel_tol=1e-6)
+    assert math.isclose(multiscale_loss(outputs, target, distance="mse").item(), 0.6 + 0.8 + 4.0, rel_tol=1e-6)
+
+
+def test_ssim_loss_is_zero_for_identical_images_and_grows_with_noise():
+    x = torch.rand(1, 3, 16, 16)
+    assert ssim_loss(x, x).item() < 1e-6
+    assert ssim_loss(x, (x + 0.3 * torch.randn_like(x)).clamp(0, 1)).item() > 0.1
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    assert lr_at(50, cfg) < lr_at(20, cfg)
+
+
+def test_a_short_run_writes_weights_that_derainer_loads_and_resumes(tmp_path):
+    _write_pairs(tmp_path / "train")
+    _write_pairs(tmp_path / "val", count=1, seed=1)
+    tiny = TINY.to_dict() | {"residual": True}
+    cfg = TrainConfig(
+        steps=2,
+        batch=2,
+        patch=16,
+        warmup=1,
+        val_every=2,
+        val_images=1,
+        val_crop=32,
+        checkpoint_every=1,
+        generator=tiny,
+        rnn_only_fraction=0.5,
+        gan_weight=0.01,
+    )
+    logs = []
+    trainer = train(cfg, tmp_path / "train", tmp_path / "run", tmp_path / "val", on_log=logs.append)
+    assert trainer.step == 2 and logs[-1].validation is not None
+    for name in ("checkpoint.pt", "final.safetensors", "best.safetensors"):
+        assert (tmp_path / "run" / name).is_file()
+    image = np.zeros((12, 20, 3), np.uint8)
+    for weights in ("final.safetensors", "checkpoint.pt"):
+        derainer = Derainer(tmp_path / "run" / weights, device="cpu")
+        assert derainer.weights_info.config.rnn_width == TINY.rnn_width
+        assert derainer.clean(image).shape == image.shape
+    cfg.steps = 3
+    assert train(cfg, tmp_path / "train", tmp_path / "run", tmp_path / "val").step == 3, "resumed from step 2"

@@ -1,0 +1,161 @@
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from derain.engine import Derainer
+from derain.model import GeneratorConfig
+from derain.weights import (
+    WeightsError,
+    from_official,
+    load_weights,
+    resolve_shipped,
+    save_weights,
+    sha256_of,
+    to_official,
+)
+
+from .conftest import TINY, random_image, tiny_model
+
+OFFICIAL = GeneratorConfig()
+
+
+def test_official_layout_has_the_release_key_names():
+    keys = set(to_official(tiny_model(config=OFFICIAL).state_dict()))
+    assert {
+        "det_conv0.0.weight",
+        "det_conv5.2.bias",
+        "conv_i.0.weight",
+        "det_conv_mask.0.weight",
+        "diconv4.0.weight",
+        "deconv2.0.weight",
+        "outframe1.0.bias",
+        "output.0.weight",
+        "conv10.0.bias",
+    } <= keys
+    assert len(keys) == 70
+
+
+def test_official_gen_pkl_loads_as_bgr(tmp_path):
+    model = tiny_model(config=OFFICIAL)
+    path = tmp_path / "gen.pkl"
+    torch.save(to_official(model.state_dict()), path)
+    loaded, info = load_weights(path)
+    assert info.channel_order == "BGR"
+    assert not info.config.residual
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_official_weights_see_bgr_and_return_rgb(tmp_path, rng):
+    model = tiny_model(config=OFFICIAL)
+    path = tmp_path / "gen.pkl"
+    torch.save({"module." + k: v for k, v in to_official(model.state_dict()).items()}, path)  # DataParallel
+    image = random_image(rng, 16, 20)
+    ours = Derainer(path, device="cpu", precision="fp32", tile=0).clean(image)
+    bgr = torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = model(bgr).image[0].permute(1, 2, 0).numpy()[..., ::-1]
+    expected = np.clip(np.rint(expected * 255), 0, 255)
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_our_format_round_trips_in_fp16_with_metadata(tmp_path):
+    model = tiny_model()
+    path = save_weights(model, tmp_path / "w.safetensors", {"steps": 7})
+    loaded, info = load_weights(path)
+    assert info.config == TINY and info.channel_order == "RGB" and info.meta == {"steps": 7}
+    for key, value in model.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[key], value.half().float())
+    assert path.stat().st_size < sum(v.numel() * 4 for v in model.state_dict().values())
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    state = to_official(tiny_model(config=OFFICIAL).state_dict())
+    del state["conv3.0.weight"]
+    torch.save(state, tmp_path / "a.pkl")
+    with pytest.raises(WeightsError, match="missing keys: autoencoder.conv3.0.weight"):
+        load_weights(tmp_path / "a.pkl")
+    state["surprise.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "b.pkl")
+    with pytest.raises(WeightsError, match="unexpected keys.*surprise"):
+        load_weights(tmp_path / "b.pkl")
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    state = to_official(tiny_model(config=OFFICIAL).state_dict())
+    state["conv2.0.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, tmp_path / "gen.pkl")
+    with pytest.raises(WeightsError, match="shape mismatch.*conv2"):
+        load_weights(tmp_path / "gen.pkl")
+
+
+@pytest.mark.parametrize("content", [b"", b"not weights at all" * 10, b"PK\x03\x04garbage"])
+def test_corrupt_files_raise_weights_error(tmp_path, content):
+    path = tmp_path / "gen.pkl"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError):
+        load_weights(path)
+
+
+def test_truncated_safetensors_raise_weights_error(tmp_path, tiny_weights):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(tiny_weights.read_bytes()[:-100])
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_weights(path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickles_that_run_code_are_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"conv1.0.weight": _Exploit()}))
+    with pytest.raises(WeightsError, match="not a loadable weights file"):
+        load_weights(path)
+
+
+def _shipped_folder(tmp_path: Path, weights: Path, sha: str) -> Path:
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    (folder / "tiny.safetensors").write_bytes(weights.read_bytes())
+    manifest = {"default": "tiny", "files": {"tiny": {"file": "tiny.safetensors", "sha256": sha, "size": 1}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_shipped_weights_are_checksum_verified(tmp_path, tiny_weights):
+    good = _shipped_folder(tmp_path, tiny_weights, sha256_of(tiny_weights))
+    assert resolve_shipped(None, good) == good / "tiny.safetensors"
+    assert resolve_shipped("tiny", good) == good / "tiny.safetensors"
+    with pytest.raises(WeightsError, match="no shipped weights named 'other'"):
+        resolve_shipped("other", good)
+    (good / "tiny.safetensors").write_bytes(tiny_weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        resolve_shipped(None, good)
+
+
+def test_official_key_mapping_is_invertible():
+    state = tiny_model(config=OFFICIAL).state_dict()
+    assert from_official(to_official(state)).keys() == state.keys()
+
+
+def test_shipping_records_checksum_and_provenance(tmp_path, tiny_weights):
+    from derain.weights import read_manifest, ship_weights
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    ship_weights(tiny_weights, "tiny-v1", folder, trained_on="test pairs", validation="+0 dB")
+    entry = read_manifest(folder)["files"]["tiny-v1"]
+    assert read_manifest(folder)["default"] == "tiny-v1"
+    assert entry["sha256"] == sha256_of(folder / "tiny-v1.safetensors") and entry["trained_on"] == "test pairs"
+    model, _ = load_weights(resolve_shipped(None, folder))
+    assert model.config == TINY
+    with pytest.raises(WeightsError):
+        ship_weights(tmp_path / "missing.safetensors", "x", folder)

@@ -1,0 +1,1 @@
+"""Weights shipped with derain, installed as package data (see manifest.json)."""

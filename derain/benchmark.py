@@ -38,8 +38,8 @@ def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
     smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    grain = rng.integers(-8, 9, (height, width, 3))
-    return np.clip(smooth.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    grain = rng.integers(-8, 9, (height, width, 3), dtype=np.int16)
+    return np.clip(grain + smooth, 0, 255).astype(np.uint8)
 
 
 def _reset_peak(device: torch.device) -> None:

@@ -31,8 +31,15 @@ class ImageScore:
 class EvalReport:
     images: list[ImageScore] = field(default_factory=list)
 
+    @property
+    def scored(self) -> list[ImageScore]:
+        """Images the means are taken over: a pair whose rainy image equals its clean one has no
+        input PSNR (infinite) and nothing to derain, so it is listed but not averaged."""
+        return [s for s in self.images if np.isfinite(s.input_psnr)]
+
     def _mean(self, key: str) -> float:
-        return float(np.mean([getattr(s, key) for s in self.images])) if self.images else float("nan")
+        values = [getattr(s, key) for s in self.scored]
+        return float(np.mean(values)) if values else float("nan")
 
     @property
     def mean_psnr(self) -> float:
@@ -56,6 +63,7 @@ class EvalReport:
             "mean_ssim": self.mean_ssim,
             "input_mean_psnr": self.input_mean_psnr,
             "input_mean_ssim": self.input_mean_ssim,
+            "averaged_images": len(self.scored),
             "images": [asdict(s) for s in self.images],
         }
 

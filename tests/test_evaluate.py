@@ -52,3 +52,12 @@ def test_running_the_model_scores_its_output(tmp_path, tiny_weights):
     _dataset(tmp_path, np.random.default_rng(2), count=2)
     report = evaluate(tmp_path, derainer=Derainer(tiny_weights, device="cpu"))
     assert len(report.images) == 2 and all(np.isfinite(s.psnr) for s in report.images)
+
+
+def test_pairs_without_rain_are_listed_but_not_averaged(tmp_path):
+    expected = _dataset(tmp_path, np.random.default_rng(3))
+    (tmp_path / "data" / "2_rain.png").write_bytes((tmp_path / "gt" / "2_clean.png").read_bytes())
+    report = evaluate(tmp_path, pred_dir=tmp_path / "pred")
+    assert len(report.images) == 3 and [s.name for s in report.scored] == ["1_rain.png", "3_rain.png"]
+    assert report.mean_psnr == pytest.approx((expected[0][0] + expected[2][0]) / 2)
+    assert np.isfinite(report.input_mean_psnr) and report.to_dict()["averaged_images"] == 2

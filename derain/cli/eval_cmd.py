@@ -63,7 +63,8 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model:
     console.print(table)
     gain = report.mean_psnr - report.input_mean_psnr
     console.print(
-        f"{len(report.images)} images: PSNR {report.mean_psnr:.2f} dB ({gain:+.2f} dB over the input), "
+        f"{len(report.scored)} of {len(report.images)} images averaged: PSNR {report.mean_psnr:.2f} dB "
+        f"({gain:+.2f} dB over the input), "
         f"SSIM {report.mean_ssim:.4f}"
     )
     if json_path:

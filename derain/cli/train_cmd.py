@@ -54,18 +54,17 @@ def _print_log(log: Log) -> None:
     help="Adversarial term with the attentive discriminator (paper: 0.01); 0 disables it.",
 )
 @click.option(
-    "--paper-output/--residual",
-    "paper_output",
+    "--residual/--paper-output",
     default=False,
     show_default=True,
-    help="Predict the image itself as the paper does, or a correction added to the input.",
+    help="Predict a correction added to the input instead of the image itself (the paper's way).",
 )
 @click.option("--init", "init_weights", default=None, metavar="NAME|PATH", help="Start from these weights.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--resume/--restart", default=True, show_default=True, help="Continue from the run folder's checkpoint.")
 @click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=click.IntRange(min=1))
 @friendly
-def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, paper_output: bool, resume: bool, **options) -> None:
+def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: bool, resume: bool, **options) -> None:
     """Train the generator on pairs in the Raindrop layout (data/<i>_rain.*, gt/<i>_clean.*).
 
     Masks come from mask/<i>_mask.png when present, else from the paper's |rainy − clean| > 30
@@ -79,6 +78,6 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, paper_output:
     """
     if not data_dir.is_dir():
         raise InputFailed(f"{data_dir}: no such folder")
-    cfg = TrainConfig(residual=not paper_output, **options)
+    cfg = TrainConfig(residual=residual, **options)
     trainer = train(cfg, data_dir, run_dir, val_dir, resume=resume, on_log=_print_log)
     console.print(f"[green]✓[/] trained to step {trainer.step}; weights in {escape(str(run_dir))}/final.safetensors")

@@ -47,7 +47,11 @@ class TrainConfig:
     ssim_weight: float = 0.1
     gan_weight: float = 0.0
     """0 disables the discriminator; the paper uses 0.01 (best added late in a run)."""
-    residual: bool = True
+    residual: bool = False
+    """Predict a correction added to the input instead of the image. Measured here: with Adam,
+    a zero-initialised head and 90 % drop-free pixels, the residual autoencoder's ReLUs died
+    within ~200 steps and it froze at the identity; the paper's plain output cannot collapse
+    that way, because it has to carry the image."""
     seed: int = 0
     val_every: int = 250
     val_images: int = 16

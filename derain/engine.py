@@ -20,7 +20,7 @@ import torch
 
 from .model import SIZE_MULTIPLE, Generator
 from .tiling import Tile, plan_tiles
-from .weights import WeightsInfo, load_weights
+from .weights import load_weights
 
 #: Overlap between neighbouring tiles, in pixels. The blend ignores the outer quarter of each
 #: overlap, so 128 keeps ≥ 32 px of real context at every tile edge.
@@ -127,12 +127,8 @@ class Derainer:
         if tile_overlap < 0:
             raise ValueError("tile overlap must be ≥ 0")
         self.tile_overlap = tile_overlap
-        model, self.info = load_weights(weights)
+        model, self.weights_info = load_weights(weights)  # config, channel order, provenance
         self.model = self._prepare(model)
-
-    @property
-    def weights_info(self) -> WeightsInfo:
-        return self.info
 
     @property
     def steps(self) -> int:
@@ -166,7 +162,7 @@ class Derainer:
         scale = _check_image(image)
         height, width = image.shape[:2]
         padded = _pad_to_multiple(image, SIZE_MULTIPLE)
-        if self.info.channel_order == "BGR":
+        if self.weights_info.channel_order == "BGR":
             padded = padded[..., ::-1]
         tile = self._tile_size(*padded.shape[:2])
         while True:
@@ -179,7 +175,7 @@ class Derainer:
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
         out = out[:height, :width]
-        if self.info.channel_order == "BGR":
+        if self.weights_info.channel_order == "BGR":
             out = out[..., ::-1]
         restored = np.clip(np.rint(out * scale), 0, scale).astype(image.dtype)
         attention = [np.clip(m[:height, :width], 0.0, 1.0) for m in maps] if with_attention else None

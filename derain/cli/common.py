@@ -138,8 +138,8 @@ def with_ext(path: Path, ext: str | None) -> Path:
 
 def one_line(exc: BaseException) -> str:
     """A short reason for a failure, without a traceback."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def friendly(command: Callable) -> Callable:

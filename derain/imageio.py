@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import cv2  # its own pixel limit is lifted in derain/__init__.py, before any module loads OpenCV
 import numpy as np
-
-# OpenCV reads its own pixel limit (2**30 by default) once, when it loads; --max-pixels is the real guard.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**40))
-import cv2  # noqa: E402  (must come after the limit is set)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 200_000_000

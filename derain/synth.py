@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .imageio import is_image_path
+
 RENDERER_VERSION = "2"
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
@@ -245,10 +247,9 @@ def split_of(name: str, val_fraction: float = 0.1) -> str:
     return "val" if digest / 0xFFFFFFFF < val_fraction else "train"
 
 
-def list_photos(
-    folder: Path, split: str = "all", exts: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-) -> list[Path]:
-    photos = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in exts)
+def list_photos(folder: Path, split: str = "all") -> list[Path]:
+    """Image files under ``folder``, sorted; ``split`` 'train' or 'val' keeps one side of :func:`split_of`."""
+    photos = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_path(p))
     if split != "all":
         photos = [p for p in photos if split_of(p.name) == split]
     return photos

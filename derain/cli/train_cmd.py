@@ -57,7 +57,8 @@ def _print_log(log: Log) -> None:
     "--residual/--paper-output",
     default=False,
     show_default=True,
-    help="Predict a correction added to the input instead of the image itself (the paper's way).",
+    help="Predict a correction added to the input instead of the image itself as the paper does "
+    "(ignored with --init, whose weights fix the architecture).",
 )
 @click.option("--init", "init_weights", default=None, metavar="NAME|PATH", help="Start from these weights.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")

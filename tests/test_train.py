@@ -7,7 +7,7 @@ import torch
 
 from derain.engine import Derainer
 from derain.train.data import PairedImages, find_pairs, mask_from_difference
-from derain.train.loop import TrainConfig, lr_at, train
+from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train
 from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
 
 from .conftest import TINY
@@ -112,3 +112,27 @@ def test_a_short_run_writes_weights_that_derainer_loads_and_resumes(tmp_path):
         assert derainer.clean(image).shape == image.shape
     cfg.steps = 3
     assert train(cfg, tmp_path / "train", tmp_path / "run", tmp_path / "val").step == 3, "resumed from step 2"
+
+
+def test_losses_are_computed_in_fp32_from_bf16_outputs():
+    mask = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    maps = [mask.to(torch.bfloat16) * 0.9 for _ in range(2)]
+    assert attention_loss(maps, mask).dtype == torch.float32
+    target = torch.rand(1, 3, 8, 8)
+    assert multiscale_loss((target.to(torch.bfloat16),), target, weights=(1.0,)).dtype == torch.float32
+    assert ssim_loss(target.to(torch.bfloat16), target).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_mixed_precision_keeps_fp32_weights_and_finite_losses(tmp_path, mixed_precision):
+    _write_pairs(tmp_path / "train")
+    cfg = TrainConfig(
+        steps=2, batch=2, patch=16, warmup=1, generator=TINY.to_dict(), mixed_precision=mixed_precision
+    )
+    trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run")
+    assert trainer.bf16 == (mixed_precision and bf16_native(torch.device("cpu")))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    parts = trainer.train_step()
+    assert all(math.isfinite(v) for v in parts.values())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())), "weights moved"

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..engine import cpu_supports_bf16
 from ..model import AttentiveDiscriminator, Generator, GeneratorConfig, init_for_training
 from ..weights import load_weights, save_weights
 from . import losses
@@ -63,6 +64,9 @@ class TrainConfig:
     init_weights: str | None = None
     """Start from these weights (a shipped name or a path) instead of a fresh initialisation."""
     device: str = "cpu"
+    mixed_precision: bool = True
+    """Run forward and backward under bf16 autocast (weights, optimiser and losses stay fp32)
+    where the device computes bf16 natively; with channels_last this halves a CPU step here."""
 
 
 @dataclass
@@ -91,6 +95,13 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         for e, p in zip(self.model.state_dict().values(), model.state_dict().values()):
             e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on ``device`` rather than emulating bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -157,7 +168,8 @@ class Trainer:
             lr=cfg.lr,
         )
         self.device = torch.device(cfg.device)
-        self.model.to(self.device)
+        self.bf16 = cfg.mixed_precision and bf16_native(self.device)
+        self.model.to(self.device, memory_format=torch.channels_last if self.bf16 else torch.preserve_format)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.discriminator = self.d_optimizer = None
         if cfg.gan_weight > 0:
@@ -211,27 +223,30 @@ class Trainer:
                 group["lr"] = lr
         return lr
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
         batch = self.train_data.batch(self.rng, cfg.batch, cfg.patch)
         rainy, clean, mask = (batch[k].to(self.device, non_blocking=True) for k in ("rainy", "clean", "mask"))
+        if self.bf16:
+            rainy = rainy.contiguous(memory_format=torch.channels_last)
         rnn_only = self.step < cfg.rnn_only_fraction * cfg.steps
-        if rnn_only:
-            maps = self.model.attentive_rnn(rainy)
-            parts = {"att": losses.attention_loss(maps, mask)}
-        else:
-            out = self.model(rainy)
-            parts = {
-                "att": losses.attention_loss(out.attention, mask),
-                "ms": losses.multiscale_loss(
-                    (out.side_quarter, out.side_half, out.image), clean, distance=cfg.distance
-                ),
-            }
+        with self._autocast():
+            out = None if rnn_only else self.model(rainy)
+            maps = self.model.attentive_rnn(rainy) if rnn_only else out.attention
+        parts = {"att": losses.attention_loss(maps, mask)}
+        if out is not None:
+            parts["ms"] = losses.multiscale_loss(
+                (out.side_quarter, out.side_half, out.image), clean, distance=cfg.distance
+            )
             if cfg.ssim_weight:
                 parts["ssim"] = cfg.ssim_weight * losses.ssim_loss(out.image, clean)
             if self.discriminator is not None:
-                parts.update(self._adversarial(out, clean))
+                with self._autocast():
+                    parts.update(self._adversarial(out, clean))
         total = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()

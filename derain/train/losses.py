@@ -1,4 +1,7 @@
-"""The paper's losses, plus the substitutes we use where the paper's cannot run here."""
+"""The paper's losses, plus the substitutes we use where the paper's cannot run here.
+
+Every loss is computed in fp32, whatever precision the forward pass ran in.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ _DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
 def attention_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor, theta: float = ATTENTION_THETA) -> torch.Tensor:
     """L_ATT = Σ_t θ^(N−t) · MSE(A_t, M)."""
     n = len(maps)
-    return sum(theta ** (n - 1 - t) * F.mse_loss(a, mask) for t, a in enumerate(maps))
+    return sum(theta ** (n - 1 - t) * F.mse_loss(a.float(), mask) for t, a in enumerate(maps))
 
 
 def multiscale_loss(
@@ -36,7 +39,7 @@ def multiscale_loss(
     for weight, out in zip(weights, outputs):
         factor = target.shape[-1] // out.shape[-1]
         scaled = F.avg_pool2d(target, factor) if factor > 1 else target
-        total = total + weight * dist(out, scaled)
+        total = total + weight * dist(out.float(), scaled)
     return total
 
 
@@ -46,6 +49,7 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor
     No ImageNet network can be downloaded here; SSIM rewards the same local structure and
     contrast a feature loss does, at a fraction of the cost.
     """
+    x, y = x.float(), y.float()
     c1, c2 = 0.01**2, 0.03**2
     pad = window // 2
 
@@ -60,6 +64,7 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor
 
 def generator_adversarial_loss(fake_logit: torch.Tensor) -> torch.Tensor:
     """The non-saturating form of log(1 − D(O)): same optimum, useful gradients early on."""
+    fake_logit = fake_logit.float()
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
@@ -72,6 +77,7 @@ def discriminator_loss(
     gamma: float = MAP_WEIGHT,
 ) -> torch.Tensor:
     """L_D = −log D(R) − log(1 − D(O)) + γ·[MSE(D_map(O), A_N) + MSE(D_map(R), 0)]."""
+    real_logit, fake_logit, real_map, fake_map = (t.float() for t in (real_logit, fake_logit, real_map, fake_map))
     adversarial = F.binary_cross_entropy_with_logits(
         real_logit, torch.ones_like(real_logit)
     ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))

@@ -245,8 +245,7 @@ class Trainer:
             if cfg.ssim_weight:
                 parts["ssim"] = cfg.ssim_weight * losses.ssim_loss(out.image, clean)
             if self.discriminator is not None:
-                with self._autocast():
-                    parts.update(self._adversarial(out, clean))
+                parts.update(self._adversarial(out, clean))
         total = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -258,15 +257,17 @@ class Trainer:
     def _adversarial(self, out, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator update, then the generator's adversarial term."""
         fake = out.image.clamp(0, 1)
-        real_logit, real_map = self.discriminator(clean)
-        fake_logit, fake_map = self.discriminator(fake.detach())
+        with self._autocast():
+            real_logit, real_map = self.discriminator(clean)
+            fake_logit, fake_map = self.discriminator(fake.detach())
         d_loss = losses.discriminator_loss(
             real_logit, fake_logit, real_map, fake_map, out.attention[-1].detach().clamp(0, 1)
         )
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
-        g_logit, _ = self.discriminator(fake)
+        with self._autocast():
+            g_logit, _ = self.discriminator(fake)
         return {"gan": self.cfg.gan_weight * losses.generator_adversarial_loss(g_logit)}
 
     def run(self) -> Iterator[Log]:

@@ -25,11 +25,22 @@ class ImageScore:
     ssim: float
     input_psnr: float
     input_ssim: float
+    attention_iou: float | None = None
+    """IoU of the final attention map (≥ 0.5) with the drop mask, when the model ran and the
+    pair has one (``mask/<i>_mask.*``)."""
+    attention_overlap: tuple[int, int] | None = field(default=None, repr=False)
+    """(intersection, union) in pixels, pooled into the report's IoU."""
 
 
 @dataclass
 class EvalReport:
     images: list[ImageScore] = field(default_factory=list)
+
+    @property
+    def attention_iou(self) -> float | None:
+        """IoU over every masked image's pixels (drop-free images count their false alarms)."""
+        overlaps = [s.attention_overlap for s in self.images if s.attention_overlap is not None]
+        return metrics.pooled_iou(overlaps) if overlaps else None
 
     @property
     def scored(self) -> list[ImageScore]:
@@ -63,13 +74,18 @@ class EvalReport:
             "mean_ssim": self.mean_ssim,
             "input_mean_psnr": self.input_mean_psnr,
             "input_mean_ssim": self.input_mean_ssim,
+            "attention_iou": self.attention_iou,
             "averaged_images": len(self.scored),
-            "images": [asdict(s) for s in self.images],
+            "images": [{k: v for k, v in asdict(s).items() if k != "attention_overlap"} for s in self.images],
         }
 
 
 def _bgr8(path: Path) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(read_image(path, max_pixels=None).rgb)[..., ::-1])
+
+
+def _mask(path: Path) -> np.ndarray:
+    return to_uint8(read_image(path, max_pixels=None).rgb)[..., 0]
 
 
 def predictions_by_number(folder: Path) -> dict[int, Path]:
@@ -88,7 +104,10 @@ def evaluate(
     pred_dir: Path | None = None,
     on_image: Callable[[ImageScore], None] | None = None,
 ) -> EvalReport:
-    """Score every pair under ``root``: the model's output, or ``pred_dir``'s images if given."""
+    """Score every pair under ``root``: the model's output, or ``pred_dir``'s images if given.
+
+    When the model runs and a pair has a drop mask, its attention map is scored too (IoU).
+    """
     if (derainer is None) == (pred_dir is None):
         raise ValueError("give either a model or a folder of predictions")
     pairs = find_pairs(root)
@@ -100,13 +119,18 @@ def evaluate(
     report = EvalReport()
     for pair in pairs:
         rainy, clean = _bgr8(pair.rainy), _bgr8(pair.clean)
+        overlap = None
         if pred_dir is not None:
             pred = _bgr8(predictions[pair.number])
         else:
-            pred = np.ascontiguousarray(derainer.clean(np.ascontiguousarray(rainy[..., ::-1]))[..., ::-1])
+            out = derainer.run(np.ascontiguousarray(rainy[..., ::-1]), with_attention=pair.mask is not None)
+            pred = np.ascontiguousarray(out.image[..., ::-1])
+            if pair.mask is not None:
+                overlap = metrics.attention_overlap(out.attention[-1], _mask(pair.mask))
         p, s = metrics.score(pred, clean)
         ip, is_ = metrics.score(rainy, clean)
-        score = ImageScore(pair.rainy.name, p, s, ip, is_)
+        iou = None if overlap is None else metrics.pooled_iou([overlap])
+        score = ImageScore(pair.rainy.name, p, s, ip, is_, iou, overlap)
         report.images.append(score)
         if on_image:
             on_image(score)

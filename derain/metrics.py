@@ -15,6 +15,8 @@ SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 255.0
 ALIGN = 4
+ATTENTION_THRESHOLD = 0.5
+"""An attention value at or above this marks a pixel as raindrop when scoring against a mask."""
 
 
 def align(image: np.ndarray, multiple: int = ALIGN) -> np.ndarray:
@@ -63,3 +65,23 @@ def score(pred_bgr: np.ndarray, gt_bgr: np.ndarray) -> tuple[float, float]:
         )
     p, g = luma(align(pred_bgr)), luma(align(gt_bgr))
     return psnr(p, g), ssim(p, g)
+
+
+def attention_overlap(
+    attention: np.ndarray, mask: np.ndarray, threshold: float = ATTENTION_THRESHOLD
+) -> tuple[int, int]:
+    """(intersection, union) in pixels of the thresholded attention map and a 0/255 drop mask.
+
+    Counts rather than a ratio, so a dataset's IoU can pool them: one per-image ratio would
+    let an image with a few drop pixels weigh as much as one covered in drops.
+    """
+    if attention.shape != mask.shape:
+        raise ValueError(f"size mismatch: attention {attention.shape} vs mask {mask.shape}")
+    pred, truth = attention >= threshold, mask > 127
+    return int((pred & truth).sum()), int((pred | truth).sum())
+
+
+def pooled_iou(overlaps: list[tuple[int, int]]) -> float:
+    """IoU over a whole set from per-image (intersection, union) counts; 1.0 when both are empty."""
+    union = sum(u for _, u in overlaps)
+    return sum(i for i, _ in overlaps) / union if union else 1.0

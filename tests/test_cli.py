@@ -717,6 +717,17 @@ def test_eval_runs_the_model(tmp_path: Path, rng: np.random.Generator, model: li
     assert all(np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 for s in scores["images"])
 
 
+def test_eval_scores_attention_against_masks(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
+    _pairs(tmp_path / "set", rng, count=2)
+    for i in range(2):
+        write(tmp_path / "set" / "mask" / f"{i}_mask.png", np.full((H, W), 255 * i, np.uint8))
+    result = run("eval", tmp_path / "set", "--json", tmp_path / "scores.json", *model)
+    assert_ok(result)
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert 0 <= scores["attention_iou"] <= 1 and all(0 <= s["attention_iou"] <= 1 for s in scores["images"])
+    assert "attention IoU" in result.output and f"{scores['attention_iou']:.3f}" in result.output
+
+
 def test_eval_missing_prediction(tmp_path: Path, rng: np.random.Generator) -> None:
     _pairs(tmp_path / "set", rng)
     (tmp_path / "set" / "pred" / "1_derained.png").unlink()

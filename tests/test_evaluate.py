@@ -61,3 +61,26 @@ def test_pairs_without_rain_are_listed_but_not_averaged(tmp_path):
     assert len(report.images) == 3 and [s.name for s in report.scored] == ["1_rain.png", "3_rain.png"]
     assert report.mean_psnr == pytest.approx((expected[0][0] + expected[2][0]) / 2)
     assert np.isfinite(report.input_mean_psnr) and report.to_dict()["averaged_images"] == 2
+
+
+def test_attention_is_scored_where_masks_exist(tmp_path, tiny_weights):
+    _dataset(tmp_path, np.random.default_rng(4), count=3)
+    (tmp_path / "mask").mkdir()
+    derainer = Derainer(tiny_weights, device="cpu")
+    overlaps = []
+    for i in (1, 2):  # pair 3 has no mask
+        mask = np.zeros((23, 30), np.uint8)
+        mask[5 * i : 15, 3 : 10 * i] = 255
+        cv2.imwrite(str(tmp_path / "mask" / f"{i}_mask.png"), mask)
+        rainy = cv2.imread(str(tmp_path / "data" / f"{i}_rain.png"))[..., ::-1].copy()
+        attention = derainer.attention(rainy)[-1]
+        predicted, truth = attention >= 0.5, mask > 0
+        overlaps.append((int((predicted & truth).sum()), int((predicted | truth).sum())))
+    report = evaluate(tmp_path, derainer=derainer)
+    assert [s.attention_iou for s in report.images[:2]] == pytest.approx([i / u for i, u in overlaps])
+    assert report.images[2].attention_iou is None
+    assert report.attention_iou == pytest.approx(sum(i for i, _ in overlaps) / sum(u for _, u in overlaps))
+    d = report.to_dict()
+    assert d["attention_iou"] == report.attention_iou and "attention_overlap" not in d["images"][0]
+    # scoring finished predictions has no attention to score
+    assert evaluate(tmp_path, pred_dir=tmp_path / "pred").attention_iou is None

@@ -1,7 +1,8 @@
 import cv2
 import numpy as np
+import pytest
 
-from derain.metrics import align, luma, psnr, score, ssim
+from derain.metrics import align, attention_overlap, luma, pooled_iou, psnr, score, ssim
 
 
 def test_psnr_on_known_values():
@@ -45,3 +46,18 @@ def test_protocol_crops_to_multiples_of_four_and_uses_opencv_luma():
     assert np.array_equal(luma(a[:8, :16]), ya)
     p, s = score(a, b)
     assert p == psnr(ya, yb) and s == ssim(ya, yb)
+
+
+def test_attention_overlap_counts_pixels_at_the_threshold():
+    attention = np.array([[0.0, 0.49, 0.5], [0.9, 1.0, 0.2]], np.float32)
+    mask = np.array([[255, 255, 0], [255, 0, 0]], np.uint8)
+    # predicted: (0,2) (1,0) (1,1); truth: (0,0) (0,1) (1,0)
+    assert attention_overlap(attention, mask) == (1, 5)
+    assert attention_overlap(attention, mask, threshold=0.4) == (2, 5)
+    with pytest.raises(ValueError, match="size mismatch"):
+        attention_overlap(attention, mask[:, :2])
+
+
+def test_pooled_iou_weighs_images_by_their_pixels():
+    assert pooled_iou([(1, 5), (9, 10)]) == pytest.approx(10 / 15)  # not the mean of 0.2 and 0.9
+    assert pooled_iou([(0, 0)]) == 1.0  # nothing predicted, nothing there

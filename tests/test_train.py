@@ -126,9 +126,7 @@ def test_losses_are_computed_in_fp32_from_bf16_outputs():
 @pytest.mark.parametrize("mixed_precision", [True, False])
 def test_mixed_precision_keeps_fp32_weights_and_finite_losses(tmp_path, mixed_precision):
     _write_pairs(tmp_path / "train")
-    cfg = TrainConfig(
-        steps=2, batch=2, patch=16, warmup=1, generator=TINY.to_dict(), mixed_precision=mixed_precision
-    )
+    cfg = TrainConfig(steps=2, batch=2, patch=16, warmup=1, generator=TINY.to_dict(), mixed_precision=mixed_precision)
     trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run")
     assert trainer.bf16 == (mixed_precision and bf16_native(torch.device("cpu")))
     before = [p.detach().clone() for p in trainer.model.parameters()]

@@ -24,7 +24,7 @@ from .common import InputFailed, console, friendly, load_derainer, model_options
     "--json",
     "json_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help='Also write {"mean_psnr", "mean_ssim", "images": [{"name", "psnr", "ssim"}, …]}.',
+    help='Also write {"mean_psnr", "mean_ssim", "attention_iou", "images": [{"name", "psnr", "ssim", …}, …]}.',
 )
 @model_options
 @friendly
@@ -33,7 +33,9 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model:
 
     Images are cropped to multiples of 4; PSNR and SSIM (7×7 window) are computed on the Y
     channel of OpenCV's YCrCb and averaged over images. The input's own scores (doing
-    nothing) are reported as the baseline.
+    nothing) are reported as the baseline. When the model runs and ROOT has drop masks
+    (mask/<i>_mask.png, as `derain synth` writes), the final attention map is scored too:
+    IoU of attention ≥ 0.5 with the mask, pooled over all pixels.
 
     \b
     Examples:
@@ -43,29 +45,32 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model:
     if not root.is_dir():
         raise InputFailed(f"{root}: no such folder")
     derainer = None if pred_dir else load_derainer(**model)
-    table = Table("image", "PSNR", "SSIM", "input PSNR", "input SSIM")
+    rows: list[list[str]] = []
 
-    def add(score: ImageScore) -> None:
-        table.add_row(
-            score.name, f"{score.psnr:.2f}", f"{score.ssim:.4f}", f"{score.input_psnr:.2f}", f"{score.input_ssim:.4f}"
-        )
+    def add(s: ImageScore) -> None:
+        rows.append([s.name, *_cells(s.psnr, s.ssim, s.input_psnr, s.input_ssim, s.attention_iou)])
 
     with console.status("Scoring…"):
         report = evaluate(root, derainer, pred_dir, on_image=add)
+    iou = report.attention_iou
+    table = Table("image", "PSNR", "SSIM", "input PSNR", "input SSIM", *(["attention IoU"] if iou is not None else []))
+    for row in rows:
+        table.add_row(*row)
     table.add_section()
-    table.add_row(
-        "[bold]mean",
-        f"[bold]{report.mean_psnr:.2f}",
-        f"[bold]{report.mean_ssim:.4f}",
-        f"{report.input_mean_psnr:.2f}",
-        f"{report.input_mean_ssim:.4f}",
-    )
+    means = _cells(report.mean_psnr, report.mean_ssim, report.input_mean_psnr, report.input_mean_ssim, iou)
+    table.add_row("[bold]mean", *(f"[bold]{m}" for m in means))
     console.print(table)
     gain = report.mean_psnr - report.input_mean_psnr
     console.print(
         f"{len(report.scored)} of {len(report.images)} images averaged: PSNR {report.mean_psnr:.2f} dB "
-        f"({gain:+.2f} dB over the input), "
-        f"SSIM {report.mean_ssim:.4f}"
+        f"({gain:+.2f} dB over the input), SSIM {report.mean_ssim:.4f}"
+        + ("" if iou is None else f", attention IoU {iou:.3f} (pooled over masked images)")
     )
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def _cells(psnr: float, ssim: float, input_psnr: float, input_ssim: float, iou: float | None) -> list[str]:
+    """Table cells; the IoU column exists only when attention was scored."""
+    cells = [f"{psnr:.2f}", f"{ssim:.4f}", f"{input_psnr:.2f}", f"{input_ssim:.4f}"]
+    return cells + ([] if iou is None else [f"{iou:.3f}"])

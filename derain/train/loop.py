@@ -121,7 +121,7 @@ def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dic
     """Paper-protocol PSNR/SSIM (and the input's own) on centre crops, plus attention IoU."""
     model.eval()
     scores = {"psnr": [], "ssim": [], "input_psnr": [], "input_ssim": []}
-    inter = union = 0
+    overlaps = []
     for i in range(min(count, len(data))):
         h, w = data.masks[i].shape
         ch, cw = min(crop, h) // 4 * 4, min(crop, w) // 4 * 4
@@ -134,12 +134,9 @@ def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dic
             p, s = metrics.score(np.ascontiguousarray(img), np.ascontiguousarray(clean))
             scores[prefix + "psnr"].append(p)
             scores[prefix + "ssim"].append(s)
-        pred = out.attention[-1][0, 0].cpu().numpy() >= 0.5
-        truth = data.masks[i][sl] > 127
-        inter += int((pred & truth).sum())
-        union += int((pred | truth).sum())
+        overlaps.append(metrics.attention_overlap(out.attention[-1][0, 0].float().cpu().numpy(), data.masks[i][sl]))
     result = {k: float(np.mean([v for v in vals if math.isfinite(v)] or [float("inf")])) for k, vals in scores.items()}
-    result["attention_iou"] = inter / union if union else 1.0
+    result["attention_iou"] = metrics.pooled_iou(overlaps)
     return result
 
 

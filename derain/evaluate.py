@@ -126,7 +126,13 @@ def evaluate(
             out = derainer.run(np.ascontiguousarray(rainy[..., ::-1]), with_attention=pair.mask is not None)
             pred = np.ascontiguousarray(out.image[..., ::-1])
             if pair.mask is not None:
-                overlap = metrics.attention_overlap(out.attention[-1], _mask(pair.mask))
+                mask = _mask(pair.mask)
+                if mask.shape != rainy.shape[:2]:
+                    raise ValueError(
+                        f"{pair.mask}: mask is {mask.shape[1]}×{mask.shape[0]}, the image is "
+                        f"{rainy.shape[1]}×{rainy.shape[0]}"
+                    )
+                overlap = metrics.attention_overlap(out.attention[-1], mask)
         p, s = metrics.score(pred, clean)
         ip, is_ = metrics.score(rainy, clean)
         iou = None if overlap is None else metrics.pooled_iou([overlap])

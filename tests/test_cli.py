@@ -728,6 +728,12 @@ def test_eval_scores_attention_against_masks(tmp_path: Path, rng: np.random.Gene
     assert "attention IoU" in result.output and f"{scores['attention_iou']:.3f}" in result.output
 
 
+def test_eval_mask_of_the_wrong_size(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    write(tmp_path / "set" / "mask" / "0_mask.png", np.zeros((H + 1, W), np.uint8))
+    assert_fails(run("eval", tmp_path / "set", *model), 1, "0_mask.png: mask is", "the image is")
+
+
 def test_eval_missing_prediction(tmp_path: Path, rng: np.random.Generator) -> None:
     _pairs(tmp_path / "set", rng)
     (tmp_path / "set" / "pred" / "1_derained.png").unlink()

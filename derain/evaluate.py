@@ -84,8 +84,12 @@ def _bgr8(path: Path) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(read_image(path, max_pixels=None).rgb)[..., ::-1])
 
 
-def _mask(path: Path) -> np.ndarray:
-    return to_uint8(read_image(path, max_pixels=None).rgb)[..., 0]
+def _mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A 0/255 drop mask, checked against its image's size before the model runs."""
+    mask = to_uint8(read_image(path, max_pixels=None).rgb)[..., 0]
+    if mask.shape != shape[:2]:
+        raise ValueError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, the image is {shape[1]}×{shape[0]}")
+    return mask
 
 
 def predictions_by_number(folder: Path) -> dict[int, Path]:
@@ -123,15 +127,10 @@ def evaluate(
         if pred_dir is not None:
             pred = _bgr8(predictions[pair.number])
         else:
-            out = derainer.run(np.ascontiguousarray(rainy[..., ::-1]), with_attention=pair.mask is not None)
+            mask = None if pair.mask is None else _mask(pair.mask, rainy.shape)
+            out = derainer.run(np.ascontiguousarray(rainy[..., ::-1]), with_attention=mask is not None)
             pred = np.ascontiguousarray(out.image[..., ::-1])
-            if pair.mask is not None:
-                mask = _mask(pair.mask)
-                if mask.shape != rainy.shape[:2]:
-                    raise ValueError(
-                        f"{pair.mask}: mask is {mask.shape[1]}×{mask.shape[0]}, the image is "
-                        f"{rainy.shape[1]}×{rainy.shape[0]}"
-                    )
+            if mask is not None:
                 overlap = metrics.attention_overlap(out.attention[-1], mask)
         p, s = metrics.score(pred, clean)
         ip, is_ = metrics.score(rainy, clean)

@@ -12,7 +12,7 @@ import numpy as np
 from . import metrics
 from .engine import Derainer
 from .imageio import is_image_path, read_image
-from .train.data import find_pairs
+from .train.data import find_pairs, read_mask
 from .visualize import to_uint8
 
 _LEADING_NUMBER = re.compile(r"^(\d+)(?:_.*)?$")
@@ -25,11 +25,17 @@ class ImageScore:
     ssim: float
     input_psnr: float
     input_ssim: float
-    attention_iou: float | None = None
-    """IoU of the final attention map (≥ 0.5) with the drop mask, when the model ran and the
-    pair has one (``mask/<i>_mask.*``)."""
     attention_overlap: tuple[int, int] | None = field(default=None, repr=False)
-    """(intersection, union) in pixels, pooled into the report's IoU."""
+    """(intersection, union) in pixels of the final attention map (≥ 0.5) and the drop mask,
+    when the model ran and the pair has one (``mask/<i>_mask.*``)."""
+
+    @property
+    def attention_iou(self) -> float | None:
+        return None if self.attention_overlap is None else metrics.pooled_iou([self.attention_overlap])
+
+    def to_dict(self) -> dict:
+        scores = {k: v for k, v in asdict(self).items() if k != "attention_overlap"}
+        return scores | {"attention_iou": self.attention_iou}
 
 
 @dataclass
@@ -76,7 +82,7 @@ class EvalReport:
             "input_mean_ssim": self.input_mean_ssim,
             "attention_iou": self.attention_iou,
             "averaged_images": len(self.scored),
-            "images": [{k: v for k, v in asdict(s).items() if k != "attention_overlap"} for s in self.images],
+            "images": [s.to_dict() for s in self.images],
         }
 
 
@@ -86,7 +92,7 @@ def _bgr8(path: Path) -> np.ndarray:
 
 def _mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A 0/255 drop mask, checked against its image's size before the model runs."""
-    mask = to_uint8(read_image(path, max_pixels=None).rgb)[..., 0]
+    mask = read_mask(path)
     if mask.shape != shape[:2]:
         raise ValueError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, the image is {shape[1]}×{shape[0]}")
     return mask
@@ -134,8 +140,7 @@ def evaluate(
                 overlap = metrics.attention_overlap(out.attention[-1], mask)
         p, s = metrics.score(pred, clean)
         ip, is_ = metrics.score(rainy, clean)
-        iou = None if overlap is None else metrics.pooled_iou([overlap])
-        score = ImageScore(pair.rainy.name, p, s, ip, is_, iou, overlap)
+        score = ImageScore(pair.rainy.name, p, s, ip, is_, overlap)
         report.images.append(score)
         if on_image:
             on_image(score)

@@ -65,6 +65,14 @@ def _read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A drop mask as uint8 H×W (0/255 as ``derain synth`` writes it)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"cannot read {path}")
+    return mask
+
+
 class PairedImages:
     """All pairs of a folder decoded into memory: rainy and clean RGB uint8, mask uint8 0/255."""
 
@@ -75,12 +83,7 @@ class PairedImages:
             rainy, clean = _read_rgb(pair.rainy), _read_rgb(pair.clean)
             if rainy.shape != clean.shape:
                 raise ValueError(f"pair {pair.number}: rainy {rainy.shape} and clean {clean.shape} differ in size")
-            if pair.mask is not None:
-                mask = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
-                if mask is None:
-                    raise ValueError(f"cannot read {pair.mask}")
-            else:
-                mask = mask_from_difference(rainy, clean)
+            mask = read_mask(pair.mask) if pair.mask is not None else mask_from_difference(rainy, clean)
             self.rainy.append(rainy)
             self.clean.append(clean)
             self.masks.append(mask)

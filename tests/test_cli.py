@@ -748,11 +748,33 @@ def test_eval_folder_without_pairs(tmp_path: Path, rng: np.random.Generator, mod
     assert_fails(run("eval", tmp_path / "nope", *model), 1, "no such folder")
 
 
-# --- train (only what needs no training: the tiny architecture is not reachable from the CLI) -----
+# --- train (the tiny architecture comes in through --init) ---------------------------------------
+
+
+def test_train_from_weights_then_warm_restart(tmp_path: Path, rng: np.random.Generator, tiny_weights: Path) -> None:
+    _pairs(tmp_path / "set", rng, count=2)
+    options = ["--steps", "2", "--batch", "1", "--patch", "16", "--warmup", "0", "--val", tmp_path / "set"]
+    first = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tiny_weights, *options)
+    assert_ok(first)
+    assert "trained to step 2" in first.stderr and "val PSNR" in first.stderr
+    again = run(
+        "train", tmp_path / "set", "-o", tmp_path / "run2", "--init", tmp_path / "run" / "checkpoint.pt", *options
+    )
+    assert_ok(again)
+    assert "step 2/2" in again.stderr, "a new schedule from step 0, not a resume at step 2"
+    weights = Derainer(tmp_path / "run2" / "final.safetensors", device="cpu").weights_info
+    assert weights.meta["trained_steps"] == 2 and weights.config.rnn_width == 4
 
 
 def test_train_missing_data(tmp_path: Path) -> None:
     assert_fails(run("train", tmp_path / "nope", "-o", tmp_path / "run"), 1, "no such folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_missing_init_weights(tmp_path: Path, rng: np.random.Generator) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    result = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tmp_path / "nope.pt")
+    assert_fails(result, 1, "weights file not found")
     assert not (tmp_path / "run").exists()
 
 

@@ -114,6 +114,33 @@ def test_a_short_run_writes_weights_that_derainer_loads_and_resumes(tmp_path):
     assert train(cfg, tmp_path / "train", tmp_path / "run", tmp_path / "val").step == 3, "resumed from step 2"
 
 
+def test_init_from_a_checkpoint_carries_weights_ema_and_moments_into_a_new_schedule(tmp_path):
+    _write_pairs(tmp_path / "train")
+    cfg = TrainConfig(steps=2, batch=2, patch=16, warmup=1, generator=TINY.to_dict(), rnn_only_fraction=0.0)
+    train(cfg, tmp_path / "train", tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    cfg = TrainConfig(
+        steps=4,
+        batch=2,
+        patch=16,
+        rnn_lr_scale=3.0,
+        rnn_only_fraction=1.0,
+        init_weights=str(tmp_path / "run" / "checkpoint.pt"),
+    )
+    trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run2")
+    assert trainer.step == 0
+    for name, tensor in saved["generator"].items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+    assert any(not torch.equal(saved["generator"][k], v) for k, v in saved["ema"].items()), "EMA differs from raw"
+    for name, tensor in saved["ema"].items():
+        assert torch.equal(trainer.ema.model.state_dict()[name], tensor), name
+    moments = trainer.optimizer.state_dict()["state"]
+    for index, state in saved["optimizer"]["state"].items():
+        assert torch.equal(moments[index]["exp_avg"], state["exp_avg"])
+    assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [3.0, 1.0], "this run's scales"
+    assert "ms" in trainer.train_step(), "trained weights skip the attention-only phase"
+
+
 def test_losses_are_computed_in_fp32_from_bf16_outputs():
     mask = (torch.rand(1, 1, 8, 8) > 0.5).float()
     maps = [mask.to(torch.bfloat16) * 0.9 for _ in range(2)]

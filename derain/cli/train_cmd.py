@@ -44,7 +44,21 @@ def _print_log(log: Log) -> None:
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch", default=TrainConfig.batch, show_default=True, type=click.IntRange(min=1))
 @click.option("--patch", default=TrainConfig.patch, show_default=True, type=click.IntRange(min=16))
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float, help="Peak learning rate.")
+@click.option(
+    "--warmup",
+    default=TrainConfig.warmup,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps of linear warm-up to --lr; a cosine decay follows.",
+)
+@click.option(
+    "--min-lr-ratio",
+    default=TrainConfig.min_lr_ratio,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Where the cosine decay ends, as a fraction of --lr.",
+)
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option(
     "--gan-weight",
@@ -60,7 +74,14 @@ def _print_log(log: Log) -> None:
     help="Predict a correction added to the input instead of the image itself as the paper does "
     "(ignored with --init, whose weights fix the architecture).",
 )
-@click.option("--init", "init_weights", default=None, metavar="NAME|PATH", help="Start from these weights.")
+@click.option(
+    "--init",
+    "init_weights",
+    default=None,
+    metavar="NAME|PATH",
+    help="Start from these weights: a shipped name, a weights file, or a run's checkpoint.pt, which also "
+    "brings its EMA and optimiser moments (a warm restart of a finished run on a new schedule).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(
     "--mixed-precision/--fp32",
@@ -83,6 +104,7 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: boo
     Example:
       derain synth photos/ -o data/train --count 1400 --split train
       derain train data/train --val data/val -o runs/v1 --steps 3000
+      derain train data/more --val data/val -o runs/v2 --init runs/v1/checkpoint.pt --lr 1e-4
     """
     if not data_dir.is_dir():
         raise InputFailed(f"{data_dir}: no such folder")

@@ -40,7 +40,8 @@ class TrainConfig:
     clip: float = 1.0
     ema_decay: float = 0.999
     rnn_only_fraction: float = 0.1
-    """Train the attentive-recurrent network alone for this first part of the run."""
+    """Train the attentive-recurrent network alone for this first part of the run, so a fresh one
+    gets a head start; skipped when starting from ``init_weights``, which are already trained."""
     distance: str = "mse"
     """'mse' (the paper's) or 'l1'. With a residual output, L1's constant pull towards zero on the
     drop-free 90 % of pixels holds the correction at zero for a long time; MSE lets the large
@@ -62,7 +63,9 @@ class TrainConfig:
     generator: dict = field(default_factory=dict)
     """Overrides of :class:`GeneratorConfig` (tiny models for tests)."""
     init_weights: str | None = None
-    """Start from these weights (a shipped name or a path) instead of a fresh initialisation."""
+    """Start from these weights (a shipped name or a path) instead of a fresh initialisation. A
+    run's ``checkpoint.pt`` also brings its EMA and Adam moments: a warm restart of a finished
+    run on a new schedule, without the loss spike of a fresh optimiser."""
     device: str = "cpu"
     mixed_precision: bool = True
     """Run forward and backward under bf16 autocast (weights, optimiser and losses stay fp32)
@@ -145,7 +148,6 @@ class Trainer:
         torch.set_flush_denormal(True)
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.train_data = PairedImages(train_dir)
         self.val_data = PairedImages(val_dir, limit=cfg.val_images) if val_dir else None
         torch.manual_seed(cfg.seed)
@@ -174,6 +176,21 @@ class Trainer:
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         self.step = 0
         self.best_psnr = -math.inf
+        if (checkpoint := _training_checkpoint(cfg.init_weights)) is not None:
+            self._carry_over(checkpoint)
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs have loaded
+
+    def _carry_over(self, state: dict) -> None:
+        """Take a checkpoint's raw and EMA weights and optimiser moments, keeping this run's schedule."""
+        self.model.load_state_dict(state["generator"])
+        self.ema.model.load_state_dict(state["ema"])
+        scales = [group["lr_scale"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, scale in zip(self.optimizer.param_groups, scales):
+            group["lr_scale"] = scale
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
 
     @property
     def checkpoint_path(self) -> Path:
@@ -199,17 +216,13 @@ class Trainer:
         tmp.replace(self.checkpoint_path)
 
     def resume(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)  # our own file: has RNG state
-        self.model.load_state_dict(state["generator"])
-        self.ema.model.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue this run exactly where its checkpoint stopped."""
+        state = _read_checkpoint(path)
+        self._carry_over(state)
         self.step = state["step"]
         self.best_psnr = state.get("best_psnr", -math.inf)
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"].cpu())
-        if self.discriminator is not None and "discriminator" in state:
-            self.discriminator.load_state_dict(state["discriminator"])
-            self.d_optimizer.load_state_dict(state["d_optimizer"])
 
     def _set_lr(self) -> float:
         lr = lr_at(self.step, self.cfg)
@@ -230,7 +243,7 @@ class Trainer:
         rainy, clean, mask = (batch[k].to(self.device, non_blocking=True) for k in ("rainy", "clean", "mask"))
         if self.bf16:
             rainy = rainy.contiguous(memory_format=torch.channels_last)
-        rnn_only = self.step < cfg.rnn_only_fraction * cfg.steps
+        rnn_only = not cfg.init_weights and self.step < cfg.rnn_only_fraction * cfg.steps
         with self._autocast():
             out = None if rnn_only else self.model(rainy)
             maps = self.model.attentive_rnn(rainy) if rnn_only else out.attention
@@ -307,6 +320,19 @@ class Trainer:
             **(extra or {}),
         }
         return save_weights(self.ema.model, path, meta)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    # tensors and plain Python values only, so the safe loader reads it
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _training_checkpoint(weights: str | None) -> dict | None:
+    """The run checkpoint that ``init_weights`` names, or None when it names plain weights."""
+    if not weights or Path(weights).suffix != ".pt":
+        return None
+    state = _read_checkpoint(Path(weights))
+    return state if "optimizer" in state else None
 
 
 def train(

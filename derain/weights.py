@@ -263,6 +263,26 @@ def load_weights(weights: str | Path | None = None) -> tuple[Generator, WeightsI
     return build_model(state, info.config), info
 
 
+def average_weights(sources: list[str | Path], path: Path) -> Path:
+    """Write the mean of several weights files of one architecture (a "model soup").
+
+    Two runs that end near the same optimum often average to a better model than either; the
+    shipped ``derain-v5`` is such a mean.
+    """
+    models = [load_weights(source) for source in sources]
+    target, info = models[0]
+    for _, other in models[1:]:
+        if (other.config, other.channel_order) != (info.config, info.channel_order):
+            raise WeightsError(f"{other.source}: a different architecture from {info.source}; cannot average")
+    states = [model.state_dict() for model, _ in models]
+    with torch.no_grad():
+        for name, tensor in target.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.stack([state[name].float() for state in states]).mean(0))
+    provenance = [{"file": str(source), **meta.meta} for source, (_, meta) in zip(sources, models)]
+    return save_weights(target, path, {"average_of": provenance}, info.channel_order)
+
+
 def ship_weights(
     src: Path, name: str, folder: Path | None = None, trained_on: str = "", validation: str = "", default: bool = True
 ) -> Path:

@@ -11,6 +11,7 @@ from derain.engine import Derainer
 from derain.model import GeneratorConfig
 from derain.weights import (
     WeightsError,
+    average_weights,
     from_official,
     load_weights,
     resolve_shipped,
@@ -139,6 +140,20 @@ def test_shipped_weights_are_checksum_verified(tmp_path, tiny_weights):
     (good / "tiny.safetensors").write_bytes(tiny_weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(WeightsError, match="checksum mismatch"):
         resolve_shipped(None, good)
+
+
+def test_averaging_takes_the_mean_of_every_tensor(tmp_path):
+    paths = [save_weights(tiny_model(seed), tmp_path / f"{seed}.safetensors", {"steps": seed}) for seed in (1, 2)]
+    mean, info = load_weights(average_weights(paths, tmp_path / "mean.safetensors"))
+    (a, _), (b, _) = (load_weights(p) for p in paths)
+    assert info.config == TINY
+    assert info.meta == {"average_of": [{"file": str(p), "steps": seed} for p, seed in zip(paths, (1, 2))]}
+    for key, value in mean.state_dict().items():
+        expected = (a.state_dict()[key] + b.state_dict()[key]) / 2
+        assert torch.allclose(value, expected, atol=1e-3), key
+    other = save_weights(tiny_model(config=OFFICIAL), tmp_path / "other.safetensors")
+    with pytest.raises(WeightsError, match="different architecture"):
+        average_weights([paths[0], other], tmp_path / "bad.safetensors")
 
 
 def test_official_key_mapping_is_invertible():

@@ -80,7 +80,7 @@ def _print_log(log: Log) -> None:
     default=None,
     metavar="NAME|PATH",
     help="Start from these weights: a shipped name, a weights file, or a run's checkpoint.pt, which also "
-    "brings its EMA and optimiser moments (a warm restart of a finished run on a new schedule).",
+    "brings its raw weights and optimiser moments (a warm restart of a finished run on a new schedule).",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(

@@ -64,8 +64,9 @@ class TrainConfig:
     """Overrides of :class:`GeneratorConfig` (tiny models for tests)."""
     init_weights: str | None = None
     """Start from these weights (a shipped name or a path) instead of a fresh initialisation. A
-    run's ``checkpoint.pt`` also brings its EMA and Adam moments: a warm restart of a finished
-    run on a new schedule, without the loss spike of a fresh optimiser."""
+    run's ``checkpoint.pt`` also brings its raw weights and Adam moments: a warm restart of a
+    finished run on a new schedule, without the loss spike of a fresh optimiser. The EMA warms
+    up again with the new schedule, so it soon follows the raw weights."""
     device: str = "cpu"
     mixed_precision: bool = True
     """Run forward and backward under bf16 autocast (weights, optimiser and losses stay fp32)

@@ -757,13 +757,14 @@ def test_train_from_weights_then_warm_restart(tmp_path: Path, rng: np.random.Gen
     first = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tiny_weights, *options)
     assert_ok(first)
     assert "trained to step 2" in first.stderr and "val PSNR" in first.stderr
-    again = run(
-        "train", tmp_path / "set", "-o", tmp_path / "run2", "--init", tmp_path / "run" / "checkpoint.pt", *options
-    )
+    restart = ["--init", tmp_path / "run" / "checkpoint.pt", "--attention-steps", "3"]
+    again = run("train", tmp_path / "set", "-o", tmp_path / "run2", *restart, *options)
     assert_ok(again)
     assert "step 2/2" in again.stderr, "a new schedule from step 0, not a resume at step 2"
-    weights = Derainer(tmp_path / "run2" / "final.safetensors", device="cpu").weights_info
+    derainer = Derainer(tmp_path / "run2" / "final.safetensors", device="cpu")
+    weights = derainer.weights_info
     assert weights.meta["trained_steps"] == 2 and weights.config.rnn_width == 4
+    assert weights.config.steps == 3 and len(derainer.attention(np.zeros((8, 8, 3), np.uint8))) == 3
 
 
 def test_train_missing_data(tmp_path: Path) -> None:

@@ -114,6 +114,15 @@ def test_a_short_run_writes_weights_that_derainer_loads_and_resumes(tmp_path):
     assert train(cfg, tmp_path / "train", tmp_path / "run", tmp_path / "val").step == 3, "resumed from step 2"
 
 
+def test_resuming_with_other_attention_steps_is_refused(tmp_path):
+    _write_pairs(tmp_path / "train")
+    cfg = TrainConfig(steps=1, batch=1, patch=16, generator=TINY.to_dict(), attention_steps=TINY.steps + 1)
+    train(cfg, tmp_path / "train", tmp_path / "run")
+    cfg.attention_steps, cfg.steps = None, 2
+    with pytest.raises(ValueError, match=rf"different generator \(steps {TINY.steps + 1}, now {TINY.steps}\)"):
+        train(cfg, tmp_path / "train", tmp_path / "run")
+
+
 def test_init_from_a_checkpoint_carries_weights_ema_and_moments_into_a_new_schedule(tmp_path):
     _write_pairs(tmp_path / "train")
     cfg = TrainConfig(steps=2, batch=2, patch=16, warmup=1, generator=TINY.to_dict(), rnn_only_fraction=0.0)
@@ -125,10 +134,12 @@ def test_init_from_a_checkpoint_carries_weights_ema_and_moments_into_a_new_sched
         patch=16,
         rnn_lr_scale=3.0,
         rnn_only_fraction=1.0,
+        attention_steps=TINY.steps + 1,
         init_weights=str(tmp_path / "run" / "checkpoint.pt"),
     )
     trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run2")
     assert trainer.step == 0
+    assert trainer.model.config.steps == TINY.steps + 1, "the shared ConvLSTM unrolled for one more step"
     for name, tensor in saved["generator"].items():
         assert torch.equal(trainer.model.state_dict()[name], tensor), name
     assert any(not torch.equal(saved["generator"][k], v) for k, v in saved["ema"].items()), "EMA differs from raw"

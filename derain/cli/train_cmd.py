@@ -75,6 +75,13 @@ def _print_log(log: Log) -> None:
     "(ignored with --init, whose weights fix the architecture).",
 )
 @click.option(
+    "--attention-steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="N, the attentive-recurrent steps (paper and default: 4, or what --init's weights use). "
+    "With --init, the trained ConvLSTM is unrolled for N steps; more let the map fill large drops.",
+)
+@click.option(
     "--init",
     "init_weights",
     default=None,

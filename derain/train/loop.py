@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,11 @@ class TrainConfig:
     log_every: int = 10
     generator: dict = field(default_factory=dict)
     """Overrides of :class:`GeneratorConfig` (tiny models for tests)."""
+    attention_steps: int | None = None
+    """N for this run; None keeps the initial weights' (the paper's 4 for a fresh model). The
+    ConvLSTM shares its weights across steps, so trained weights can be unrolled for more steps
+    and fine-tuned: each step propagates the map ~13 px further, and the interiors of large drops
+    are only reached after several."""
     init_weights: str | None = None
     """Start from these weights (a shipped name or a path) instead of a fresh initialisation. A
     run's ``checkpoint.pt`` also brings its raw weights and Adam moments: a warm restart of a
@@ -153,11 +158,14 @@ class Trainer:
         self.val_data = PairedImages(val_dir, limit=cfg.val_images) if val_dir else None
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
+        steps = {"steps": cfg.attention_steps} if cfg.attention_steps else {}
         if cfg.init_weights:
-            self.model, _ = load_weights(cfg.init_weights)
+            loaded, _ = load_weights(cfg.init_weights)
+            self.model = Generator(replace(loaded.config, **steps))
+            self.model.load_state_dict(loaded.state_dict())
             self.model.train()
         else:
-            self.model = Generator(GeneratorConfig.from_dict({"residual": cfg.residual, **cfg.generator}))
+            self.model = Generator(GeneratorConfig.from_dict({"residual": cfg.residual, **cfg.generator, **steps}))
             init_for_training(self.model)
         rnn_params = list(self.model.attentive_rnn.parameters())
         self.optimizer = torch.optim.Adam(
@@ -219,6 +227,13 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue this run exactly where its checkpoint stopped."""
         state = _read_checkpoint(path)
+        saved, current = GeneratorConfig.from_dict(state["config"]).to_dict(), self.model.config.to_dict()
+        if saved != current:
+            changed = "; ".join(f"{k} {saved[k]}, now {current[k]}" for k in saved if saved[k] != current[k])
+            raise ValueError(
+                f"{path} holds a different generator ({changed}): rerun with the options the run "
+                "started with (such as --attention-steps), or with --restart"
+            )
         self._carry_over(state)
         self.step = state["step"]
         self.best_psnr = state.get("best_psnr", -math.inf)

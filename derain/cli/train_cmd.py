@@ -77,6 +77,7 @@ def _print_log(log: Log) -> None:
 @click.option(
     "--attention-steps",
     default=None,
+    metavar="N",
     type=click.IntRange(min=1),
     help="N, the attentive-recurrent steps (paper and default: 4, or what --init's weights use). "
     "With --init, the trained ConvLSTM is unrolled for N steps; more let the map fill large drops.",

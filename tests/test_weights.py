@@ -117,7 +117,7 @@ class _Exploit:
 
 def test_pickles_that_run_code_are_refused(tmp_path):
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"conv1.0.weight": _Exploit()}))
+    path.write_bytes(pickle.dumps({"conv1.0.weight": _Exploit()}, protocol=2))  # torch.save's protocol
     with pytest.raises(WeightsError, match="not a loadable weights file"):
         load_weights(path)
 

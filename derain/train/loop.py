@@ -176,6 +176,8 @@ class Trainer:
             lr=cfg.lr,
         )
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every step has the same crop size: tune convolutions once
         self.bf16 = cfg.mixed_precision and bf16_native(self.device)
         self.model.to(self.device, memory_format=torch.channels_last if self.bf16 else torch.preserve_format)
         self.ema = EMA(self.model, cfg.ema_decay)

@@ -267,7 +267,7 @@ def average_weights(sources: list[str | Path], path: Path) -> Path:
     """Write the mean of several weights files of one architecture (a "model soup").
 
     Two runs that end near the same optimum often average to a better model than either; the
-    shipped ``derain-v7`` is such a mean (as was ``derain-v5``).
+    earlier shipped ``derain-v5`` and ``derain-v7`` were such means.
     """
     models = [load_weights(source) for source in sources]
     target, info = models[0]

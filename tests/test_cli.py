@@ -710,9 +710,9 @@ def test_eval_predictions(tmp_path: Path, rng: np.random.Generator) -> None:
 
 def test_eval_runs_the_model(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     _pairs(tmp_path / "set", rng, count=2)
-    result = run("eval", tmp_path / "set", "--json", tmp_path / "scores.json", *model)
+    result = run("eval", tmp_path / "set", "--json", tmp_path / "new" / "scores.json", *model)
     assert_ok(result)
-    scores = json.loads((tmp_path / "scores.json").read_text())
+    scores = json.loads((tmp_path / "new" / "scores.json").read_text())  # its folder was made
     assert len(scores["images"]) == 2
     assert all(np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 for s in scores["images"])
 
@@ -746,6 +746,7 @@ def test_eval_folder_without_pairs(tmp_path: Path, rng: np.random.Generator, mod
     photo(tmp_path / "set" / "loose.png", rng)
     assert_fails(run("eval", tmp_path / "set", *model), 1, "no pairs found")
     assert_fails(run("eval", tmp_path / "nope", *model), 1, "no such folder")
+    assert_fails(run("eval", tmp_path / "set", "--pred", tmp_path / "nope"), 1, "nope: no such folder")
 
 
 # --- train (the tiny architecture comes in through --init) ---------------------------------------

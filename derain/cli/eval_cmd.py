@@ -42,8 +42,11 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model:
       derain eval test_a/                     # run the shipped model on test_a/data
       derain eval test_a/ --pred results/ --json scores.json
     """
-    if not root.is_dir():
-        raise InputFailed(f"{root}: no such folder")
+    for folder in (root, pred_dir):
+        if folder is not None and not folder.is_dir():
+            raise InputFailed(f"{folder}: no such folder")
+    if json_path:  # before the long part, so a bad path fails at once
+        json_path.parent.mkdir(parents=True, exist_ok=True)
     derainer = None if pred_dir else load_derainer(**model)
     rows: list[list[str]] = []
 

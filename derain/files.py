@@ -1,7 +1,8 @@
 """Files in, files out: the steps every command shares, on top of :class:`Derainer`.
 
-Reading applies EXIF orientation and the pixel limit, alpha and grayscale pass through, and
-every write is atomic (see :mod:`derain.imageio`). The input is never overwritten.
+Reading applies EXIF orientation and the pixel limit; alpha, grayscale and metadata (colour
+profile, EXIF, XMP, DPI) pass through, and every write is atomic (see :mod:`derain.imageio`).
+The input is never overwritten.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Derainer
+from .engine import Derainer, Restoration
 from .imageio import DEFAULT_MAX_PIXELS, Image, ImageError, is_image_path, read_image, write_image
 from .visualize import attention_overlay, attention_to_gray
 
@@ -30,16 +31,22 @@ def refuse_overwriting_input(src: Path, dst: Path) -> None:
         raise ImageError(f"{dst}: refusing to overwrite the input; choose another output path")
 
 
-def derained_image(image: Image, restored: np.ndarray) -> Image:
-    """Wrap the restored pixels with the input's alpha and grayscale-ness."""
+def derained_image(image: Image, restored: np.ndarray, keep_metadata: bool = True) -> Image:
+    """Wrap the restored pixels with the input's alpha, grayscale-ness and (unless stripped) metadata."""
     if image.grayscale:  # the model answers in colour; a gray photo stays gray
         gray = restored.astype(np.float32).mean(axis=2)
         restored = np.repeat(np.rint(gray).astype(restored.dtype)[..., None], 3, axis=2)
-    return Image(rgb=restored, alpha=image.alpha, grayscale=image.grayscale)
+    return Image(restored, image.alpha, image.grayscale, image.metadata if keep_metadata else None)
 
 
 def overlay_image(image: Image, attention: np.ndarray) -> Image:
+    """A diagnostic picture, so it carries no metadata (no camera, date or place of its own)."""
     return Image(rgb=attention_overlay(image.rgb, attention), alpha=None, grayscale=False)
+
+
+def overlay_path_for(dst: Path) -> Path:
+    """Where ``--attention`` puts the overlay of an output: ``<stem>_overlay.png`` beside it."""
+    return dst.with_name(dst.stem + "_overlay.png")
 
 
 def clean_file(
@@ -49,6 +56,7 @@ def clean_file(
     quality: int = 95,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overlay: Path | None = None,
+    keep_metadata: bool = True,
 ) -> None:
     """Derain ``src`` into ``dst``; with ``overlay``, also write the attention overlay there."""
     refuse_overwriting_input(src, dst)
@@ -56,7 +64,19 @@ def clean_file(
         refuse_overwriting_input(src, overlay)
     image = read_image(src, max_pixels)
     result = derainer.run(image.rgb, with_attention=overlay is not None)
-    write_image(dst, derained_image(image, result.image), quality)
+    write_outputs(image, result, dst, quality, overlay, keep_metadata)
+
+
+def write_outputs(
+    image: Image,
+    result: Restoration,
+    dst: Path,
+    quality: int = 95,
+    overlay: Path | None = None,
+    keep_metadata: bool = True,
+) -> None:
+    """Write what the model made of ``image``: the cleaned photo and, with ``overlay``, the attention overlay."""
+    write_image(dst, derained_image(image, result.image, keep_metadata), quality)
     if overlay is not None:
         write_image(overlay, overlay_image(image, result.attention[-1]))
 

@@ -1,47 +1,89 @@
-"""Image files as they really come: EXIF orientation, alpha, 16-bit, grayscale, size limits.
+"""Image files as they really come: orientation, alpha, 16-bit, grayscale, metadata, size limits.
 
-Pixels are decoded by OpenCV in "unchanged" mode, the only mode that keeps alpha and 16-bit
-samples, but that mode ignores EXIF orientation, so the orientation tag of JPEG, PNG and WebP
-files is parsed here (OpenCV's TIFF decoder orients TIFF pixels itself, whatever the flags).
-The size is read from the file header first, so a decompression bomb is refused before a single
-pixel is decoded. Writes go through a hidden temporary file renamed into place: an interrupted
-run never leaves half an image under the final name.
+Pillow opens every file lazily: format, size, frame count, colour profile, EXIF, XMP and DPI
+come from the header without decoding a pixel, so a decompression bomb is refused as cheaply
+as before. OpenCV decodes the pixels where it can (it is faster on large JPEGs and, unlike
+Pillow, keeps 16-bit colour); Pillow, with pillow-heif for HEIC, decodes the rest. Outputs are
+encoded by whichever library carries the metadata into that format (see `_encoder`). Writes go
+through a hidden temporary file renamed into place: an interrupted run never leaves half an image
+under the final name.
+
+derain applies its own pixel limit (`max_pixels`), so Pillow's is lifted here, as OpenCV's is in
+derain/__init__.py.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import re
 import secrets
-import struct
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import cv2  # its own pixel limit is lifted in derain/__init__.py, before any module loads OpenCV
 import numpy as np
+from PIL import ExifTags, PngImagePlugin, UnidentifiedImageError, features
+from PIL import Image as PILImage
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+PILImage.MAX_IMAGE_PIXELS = None  # read_image checks max_pixels on the same header instead
+
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *HEIF_EXTENSIONS}
+    | ({".avif"} if features.check("avif") else set())
+)
 DEFAULT_MAX_PIXELS = 200_000_000
+HEIF_HINT = 'HEIC/HEIF images need pillow-heif: pip install "derain[heif]"'
 
 _SUPPORTED = ", ".join(sorted(IMAGE_EXTENSIONS))
-_ALPHA_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".webp"})
-_16BIT_EXTENSIONS = frozenset({".png", ".tif", ".tiff"})
-_READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
-_QUALITY_PARAMS = {
-    ".jpg": cv2.IMWRITE_JPEG_QUALITY,
-    ".jpeg": cv2.IMWRITE_JPEG_QUALITY,
-    ".webp": cv2.IMWRITE_WEBP_QUALITY,
+_FORMAT_OF = {  # Pillow's format name for each extension we write
+    **dict.fromkeys((".jpg", ".jpeg"), "JPEG"),
+    **dict.fromkeys((".tif", ".tiff"), "TIFF"),
+    **dict.fromkeys(HEIF_EXTENSIONS, "HEIF"),
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".avif": "AVIF",
 }
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_ORIENTATION_TAG = 0x0112
-_TIFF_WIDTH, _TIFF_HEIGHT = 256, 257
-_TIFF_INT_FORMATS = {3: "H", 4: "I"}  # SHORT, LONG
-_JPEG_SOS, _JPEG_EOI, _JPEG_APP1 = 0xDA, 0xD9, 0xE1
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
-_JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no payload
+_OPENED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "HEIF", "AVIF")  # JPEG includes MPO (phone extras)
+_OPENCV_DECODES = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L"})
+_ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "HEIF", "AVIF"})
+_GRAY_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP"})  # the rest store gray as colour
+_16BIT_FORMATS = frozenset({"PNG", "TIFF"})
+_QUALITY_FORMATS = frozenset({"JPEG", "WEBP", "HEIF", "AVIF"})
+_READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+
+# What each written format carries; README.md shows the same table.
+KEEPS: dict[str, frozenset[str]] = {
+    "JPEG": frozenset({"icc", "exif", "xmp", "dpi"}),
+    "PNG": frozenset({"icc", "exif", "xmp", "dpi"}),
+    "TIFF": frozenset({"icc", "exif", "xmp", "dpi"}),
+    "WEBP": frozenset({"icc", "exif", "xmp"}),
+    "HEIF": frozenset({"icc", "exif", "xmp"}),
+    "AVIF": frozenset({"icc", "exif", "xmp"}),
+    "BMP": frozenset(),
+    "16-bit colour PNG": frozenset({"icc", "exif"}),  # OpenCV: Pillow has no 16-bit colour mode
+    "16-bit colour TIFF": frozenset({"icc", "exif IFD0", "xmp", "dpi"}),  # tifffile: no EXIF sub-IFDs
+}
+
+_ORIENTATION = ExifTags.Base.Orientation
+_SUB_IFDS = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
+_PIXEL_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
+# Tags that describe how a TIFF stores its pixels (a TIFF's EXIF is its own first IFD) or that
+# travel separately (XMP, ICC): they never belong in the EXIF of an output.
+_LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284})
+_LAYOUT_TAGS |= frozenset({317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530})
+_LAYOUT_TAGS |= frozenset({700, 33723, 34377, 34675})
+# IFD0 tags that a 16-bit colour TIFF (written by tifffile) keeps: the ASCII ones about the photo.
+_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 316, 33432)
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[2-8]')
 
 # How to make each EXIF orientation upright; numpy views, cheap until made contiguous.
 _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -59,13 +101,24 @@ class ImageError(ValueError):
     """One-line, user-facing reason an image cannot be read or written."""
 
 
+@dataclass(frozen=True)
+class Metadata:
+    """What makes a photo theirs, ready to write: pixels are upright, so EXIF orientation is already 1."""
+
+    icc_profile: bytes | None = None  # byte for byte as read
+    exif: bytes | None = None  # TIFF-structured, without the thumbnail (IFD1) or layout tags
+    xmp: bytes | None = None
+    dpi: tuple[float, float] | None = None
+
+
 @dataclass
 class Image:
-    """Upright pixels plus what a round trip must keep: alpha, bit depth, grayscale."""
+    """Upright pixels plus what a round trip must keep: alpha, bit depth, grayscale, metadata."""
 
     rgb: np.ndarray  # H×W×3 uint8 or uint16, RGB order; gray files repeat the gray channel
     alpha: np.ndarray | None = None  # H×W, same dtype as rgb
     grayscale: bool = False  # the file was single-channel (gray or gray+alpha)
+    metadata: Metadata | None = None  # None: write none
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,36 +132,42 @@ def is_image_path(path: Path) -> bool:
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as stored, from the header alone: cheap on huge files, safe on decompression bombs."""
-    with _opened(path) as f:
-        return _header(f, path)[1]
+    """(width, height) as read_image returns it (upright), from the header alone: safe on decompression bombs."""
+    with _opened(path) as (_, header):
+        return _upright_size(header)
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
-    """Decode a photo upright with its alpha and bit depth, refusing one over `max_pixels` before decoding."""
+    """Decode a photo upright with its alpha, bit depth and metadata, refusing one over `max_pixels` before decoding."""
     if not is_image_path(path):
         raise ImageError(_unsupported(path))
-    with _opened(path) as f:
-        kind, (width, height) = _header(f, path)
+    with _opened(path) as (f, header):
+        width, height = header.size
         if max_pixels is not None and width * height > max_pixels:
             raise ImageError(
                 f"{path}: image is {width}x{height} ({_megapixels(width * height)} megapixels), above the limit of "
                 f"{_megapixels(max_pixels)} megapixels; raise it with --max-pixels"
             )
-        f.seek(0)
-        data = f.read()
-    stream = io.BytesIO(data)
-    if kind == "jpeg" and not _jpeg_is_complete(stream, data):
-        raise ImageError(_unreadable(path))
-    pixels = _decode(data, path)
-    orientation = _orientation(stream, kind)
-    if orientation != 1:
-        pixels = _UPRIGHT[orientation](pixels)
-    return _to_image(pixels, path, gray_file=kind == "png" and data[25:26] in (b"\x00", b"\x04"))
+        frames = getattr(header, "n_frames", 1)
+        if frames > 1 and header.format != "MPO":  # an MPO's first frame is the photo, the rest depth maps or previews
+            raise ImageError(
+                f"{path}: has {frames} frames (multi-page or animated); derain cleans single images, "
+                "so save the frame you want as its own file"
+            )
+        if _opencv_decodes(header):
+            f.seek(0)
+            pixels = _opencv_decode(f.read(), header, path)
+        else:
+            pixels = _pillow_decode(header, path)
+        exif = _exif(header)
+        orientation = exif.get(_ORIENTATION, 1) if header.format != "TIFF" else 1  # TIFF decoders orient it
+        if orientation in _UPRIGHT:
+            pixels = _UPRIGHT[orientation](pixels)
+        return _to_image(pixels, path, header.mode in _GRAY_MODES, _metadata(header, exif))
 
 
 def write_image(path: Path, image: Image, quality: int = 95) -> None:
-    """Encode by the extension and replace `path` atomically, so nobody ever sees half a file."""
+    """Encode by the extension, with the image's metadata, and replace `path` atomically."""
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise ImageError(_unsupported(path))
@@ -118,7 +177,16 @@ def write_image(path: Path, image: Image, quality: int = 95) -> None:
         raise ImageError(f"{path}: cannot write {image.rgb.dtype} pixels (only 8- and 16-bit images)")
     if not path.parent.is_dir():
         raise ImageError(f"{path}: folder {path.parent} does not exist")
-    _write_atomic(path, _encode(_to_opencv(image, ext), ext, quality, path))
+    fmt = _FORMAT_OF[ext]
+    pixels = _to_layout(image, fmt)
+    metadata = _for_output(image.metadata, pixels.shape[1], pixels.shape[0])
+    try:
+        data = _encoder(pixels, fmt)(pixels, fmt, quality, metadata)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    except Exception as exc:  # three encoders, each with its own exception types
+        raise ImageError(f"{path}: could not encode the image as {ext} ({exc})") from None
+    _write_atomic(path, data)
 
 
 def output_path_for(path: Path, suffix: str = "_derained", ext: str | None = None) -> Path:
@@ -149,172 +217,90 @@ def _megapixels(pixels: int) -> str:
 # --- reading ------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _pillow_formats() -> tuple[str, ...]:
+    """What Pillow may open for us; its plugins load lazily, and HEIF comes with the `heif` extra (pillow-heif)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        pass
+    else:
+        pillow_heif.register_heif_opener()
+    PILImage.init()
+    return tuple(name for name in _OPENED_FORMATS if name in PILImage.OPEN)
+
+
+def _heif_available() -> bool:
+    return "HEIF" in _pillow_formats()
+
+
 @contextmanager
-def _opened(path: Path) -> Iterator[BinaryIO]:
-    """The file open for reading, with OS errors turned into one-line reasons that name it."""
+def _opened(path: Path) -> Iterator[tuple[io.BufferedReader, PILImage.Image]]:
+    """The open file and Pillow's lazy view of it (header only), with every failure a one-line reason."""
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file")
+    if not _heif_available() and path.suffix.lower() in HEIF_EXTENSIONS:
+        raise ImageError(f"{path}: {HEIF_HINT}")
     try:
         with path.open("rb") as f:
-            yield f
+            if not f.read(1):
+                raise ImageError(f"{path}: file is empty")
+            f.seek(0)
+            try:
+                with warnings.catch_warnings():  # an odd header is either readable or an error, never noise
+                    warnings.simplefilter("ignore")
+                    header = PILImage.open(f, formats=_pillow_formats())
+            except UnidentifiedImageError:
+                raise ImageError(
+                    f"{path}: not a readable image (not a JPEG, PNG, TIFF, WebP, BMP, HEIC or AVIF file, "
+                    "or its header is cut off)"
+                ) from None
+            with header:
+                yield f, header
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _header(f: BinaryIO, path: Path) -> tuple[str, tuple[int, int]]:
-    """The format, told by its magic bytes rather than the extension, and (width, height)."""
-    head = f.read(12)
-    if not head:
-        raise ImageError(f"{path}: file is empty")
-    kind = _sniff(head)
-    if kind is None:
-        raise ImageError(f"{path}: not a readable image (not a PNG, JPEG, BMP, TIFF or WebP file)")
+def _exif(header: PILImage.Image) -> PILImage.Exif:
+    """The parsed EXIF, empty if missing or malformed: bad metadata must not cost a photo."""
     try:
-        return kind, _SIZE_READERS[kind](f)
-    except EOFError:
-        raise ImageError(f"{path}: not a readable image (truncated header)") from None
-    except ValueError as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif = header.getexif()
+            for tag in _SUB_IFDS:  # parse now, so that a broken block is dropped here, not when writing
+                exif.get_ifd(tag)
+            exif.tobytes()
+    except Exception:  # Pillow raises many types on corrupt EXIF
+        return PILImage.Exif()
+    return exif
 
 
-def _sniff(head: bytes) -> str | None:
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"BM"):
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
+def _upright_size(header: PILImage.Image) -> tuple[int, int]:
+    width, height = header.size  # Pillow already reports a TIFF's size upright
+    sideways = header.format != "TIFF" and _exif(header).get(_ORIENTATION) in (5, 6, 7, 8)
+    return (height, width) if sideways else (width, height)
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    """`n` bytes or EOFError: a short read means a truncated file, never values made of nothing."""
-    data = f.read(n)
-    if len(data) < n:
-        raise EOFError
-    return data
-
-
-def _png_size(f: BinaryIO) -> tuple[int, int]:
-    f.seek(len(_PNG_MAGIC))
-    _, chunk, width, height = struct.unpack(">I4sII", _read_exact(f, 16))
-    if chunk != b"IHDR":
-        raise ValueError("PNG without an IHDR header")
-    return width, height
-
-
-def _jpeg_segments(f: BinaryIO) -> Iterator[tuple[int, int]]:
-    """(marker, payload length) of each segment up to the first scan, with `f` at the payload."""
-    f.seek(2)
-    while True:
-        if _read_exact(f, 1) != b"\xff":
-            raise ValueError("corrupt JPEG marker")
-        marker = 0xFF
-        while marker == 0xFF:  # fill bytes may pad any marker
-            marker = _read_exact(f, 1)[0]
-        if marker in _JPEG_NO_LENGTH:
-            continue
-        if marker == _JPEG_EOI:
-            raise ValueError("JPEG without image data")
-        (length,) = struct.unpack(">H", _read_exact(f, 2))
-        if length < 2:
-            raise ValueError("corrupt JPEG segment")
-        start = f.tell()
-        yield marker, length - 2
-        if marker == _JPEG_SOS:
-            return
-        f.seek(start + length - 2)
-
-
-def _jpeg_size(f: BinaryIO) -> tuple[int, int]:
-    for marker, _ in _jpeg_segments(f):
-        if marker in _JPEG_SOF:
-            _, height, width = struct.unpack(">BHH", _read_exact(f, 5))
-            return width, height
-    raise ValueError("JPEG without a frame header")
-
-
-def _bmp_size(f: BinaryIO) -> tuple[int, int]:
-    f.seek(14)
-    (info_size,) = struct.unpack("<I", _read_exact(f, 4))
-    if info_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
-        width, height = struct.unpack("<HH", _read_exact(f, 4))
-    else:
-        width, height = struct.unpack("<ii", _read_exact(f, 8))
-    return abs(width), abs(height)  # a negative height means rows stored top-down
-
-
-def _tiff_tags(f: BinaryIO) -> dict[int, int]:
-    """Single SHORT/LONG values of the first IFD, of a TIFF file or an EXIF block (same layout)."""
-    f.seek(0)
-    head = _read_exact(f, 8)
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None or struct.unpack(order + "H", head[2:4])[0] != 42:
-        raise ValueError("corrupt TIFF header")
-    f.seek(struct.unpack(order + "I", head[4:])[0])
-    (count,) = struct.unpack(order + "H", _read_exact(f, 2))
-    tags = {}
-    for tag, kind, n, value in struct.iter_unpack(order + "HHI4s", _read_exact(f, 12 * count)):
-        if n == 1 and kind in _TIFF_INT_FORMATS:
-            tags[tag] = struct.unpack_from(order + _TIFF_INT_FORMATS[kind], value)[0]
-    return tags
-
-
-def _tiff_size(f: BinaryIO) -> tuple[int, int]:
-    tags = _tiff_tags(f)
-    if _TIFF_WIDTH not in tags or _TIFF_HEIGHT not in tags:
-        raise ValueError("TIFF without an image size")
-    return tags[_TIFF_WIDTH], tags[_TIFF_HEIGHT]
-
-
-def _webp_size(f: BinaryIO) -> tuple[int, int]:
-    f.seek(12)
-    chunk = _read_exact(f, 8)[:4]
-    if chunk == b"VP8 ":  # lossy: frame tag, start code, then 14-bit sizes
-        data = _read_exact(f, 10)
-        if data[3:6] != b"\x9d\x01\x2a":
-            raise ValueError("corrupt WebP header")
-        width, height = struct.unpack("<HH", data[6:])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L":  # lossless: signature byte, then 14-bit sizes minus one
-        data = _read_exact(f, 5)
-        if data[0] != 0x2F:
-            raise ValueError("corrupt WebP header")
-        (bits,) = struct.unpack("<I", data[1:])
-        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
-    if chunk == b"VP8X":  # extended: flags, then 24-bit canvas sizes minus one
-        data = _read_exact(f, 10)
-        return int.from_bytes(data[4:7], "little") + 1, int.from_bytes(data[7:], "little") + 1
-    raise ValueError(f"unknown WebP chunk {chunk!r}")
-
-
-_SIZE_READERS: dict[str, Callable[[BinaryIO], tuple[int, int]]] = {
-    "png": _png_size,
-    "jpeg": _jpeg_size,
-    "bmp": _bmp_size,
-    "tiff": _tiff_size,
-    "webp": _webp_size,
-}
-
-
-def _jpeg_is_complete(f: BinaryIO, data: bytes) -> bool:
+def _jpeg_is_complete(data: bytes, header: PILImage.Image) -> bool:
     """Whether an end-of-image marker follows the first scan: libjpeg decodes a cut-off file with a mere warning."""
-    try:
-        for marker, _ in _jpeg_segments(f):
-            if marker == _JPEG_SOS:  # scan data stuffs 0xFF as FF00, so FFD9 there is the real end
-                return data.find(b"\xff\xd9", f.tell()) != -1
-    except (EOFError, ValueError):
-        pass
-    return False
+    scan = header.tile[0].offset if header.tile else len(data)  # scan data stuffs 0xFF as FF00: FFD9 is the end
+    return data.find(b"\xff\xd9", scan) != -1
 
 
-def _decode(data: bytes, path: Path) -> np.ndarray:
+def _opencv_decodes(header: PILImage.Image) -> bool:
+    """OpenCV for speed (JPEG) and 16-bit colour; Pillow for the rest, and for 8-bit TIFF, whose
+    unassociated alpha OpenCV premultiplies."""
+    if header.format == "TIFF":
+        return max(header.tag_v2.get(258, (8,))) > 8  # BitsPerSample
+    return header.format in _OPENCV_DECODES
+
+
+def _opencv_decode(data: bytes, header: PILImage.Image, path: Path) -> np.ndarray:
+    """Pixels in RGB(A) or gray order, as stored (OpenCV ignores EXIF orientation here, except in TIFF)."""
+    if header.format in ("JPEG", "MPO") and not _jpeg_is_complete(data, header):
+        raise ImageError(_unreadable(path))
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
     except cv2.error:  # OpenCV 5 raises where 4.x returned None
@@ -323,98 +309,174 @@ def _decode(data: bytes, path: Path) -> np.ndarray:
         raise ImageError(_unreadable(path))
     if pixels.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path}: unsupported pixel type {pixels.dtype} (only 8- and 16-bit images)")
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels[..., ::-1]  # a view: the one copy is made once the pixels are upright
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        return pixels[..., [2, 1, 0, 3]]
     return pixels
 
 
-def _jpeg_exif(f: BinaryIO) -> bytes | None:
-    for marker, length in _jpeg_segments(f):
-        if marker == _JPEG_APP1:
-            payload = f.read(length)
-            if payload.startswith(b"Exif\x00\x00"):
-                return payload
-    return None
-
-
-def _png_exif(f: BinaryIO) -> bytes | None:
-    f.seek(len(_PNG_MAGIC))
-    while len(head := f.read(8)) == 8:
-        length, chunk = struct.unpack(">I4s", head)
-        if chunk == b"eXIf":
-            return f.read(length)
-        f.seek(length + 4, io.SEEK_CUR)  # payload and CRC
-    return None
-
-
-def _webp_exif(f: BinaryIO) -> bytes | None:
-    f.seek(12)
-    while len(head := f.read(8)) == 8:
-        chunk, length = struct.unpack("<4sI", head)
-        if chunk == b"EXIF":
-            return f.read(length)
-        f.seek(length + (length & 1), io.SEEK_CUR)  # payloads are padded to even sizes
-    return None
-
-
-# TIFF is left out on purpose: OpenCV's TIFF decoder already applies the orientation tag.
-_EXIF_READERS: dict[str, Callable[[BinaryIO], bytes | None]] = {
-    "jpeg": _jpeg_exif,
-    "png": _png_exif,
-    "webp": _webp_exif,
-}
-
-
-def _orientation(f: BinaryIO, kind: str) -> int:
-    """EXIF orientation 1-8, and 1 for anything missing or malformed: bad metadata must not cost a photo."""
-    reader = _EXIF_READERS.get(kind)
+def _pillow_decode(header: PILImage.Image, path: Path) -> np.ndarray:
+    """8-bit RGB(A) or gray(+alpha); Pillow applies a TIFF's orientation itself."""
     try:
-        exif = reader(f) if reader else None
-        tags = _tiff_tags(io.BytesIO(exif.removeprefix(b"Exif\x00\x00"))) if exif else {}
-    except (EOFError, ValueError):
-        return 1
-    value = tags.get(_ORIENTATION_TAG, 1)
-    return value if value in _UPRIGHT else 1
+        if header.mode not in ("L", "LA", "RGB", "RGBA", "I;16"):
+            return np.asarray(header.convert("RGBA" if header.has_transparency_data else "RGB"))
+        return np.asarray(header)
+    except (OSError, ValueError, SyntaxError):
+        raise ImageError(_unreadable(path)) from None
 
 
-def _to_image(pixels: np.ndarray, path: Path, gray_file: bool) -> Image:
-    """OpenCV's gray, gray+alpha, BGR and BGRA layouts as RGB plus optional alpha."""
+def _metadata(header: PILImage.Image, exif: PILImage.Exif) -> Metadata:
+    info = header.info
+    xmp = info.get("xmp") or info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode()
+    dpi = info.get("dpi")
+    return Metadata(
+        icc_profile=info.get("icc_profile") or None,
+        exif=_clean_exif(exif),
+        xmp=_XMP_ORIENTATION.sub(rb"\g<1>1", xmp) if xmp else None,  # pixels are upright: say so in XMP too
+        dpi=(float(dpi[0]), float(dpi[1])) if dpi and min(dpi) > 1 else None,  # Pillow says 1 for "unknown" in TIFF
+    )
+
+
+def _clean_exif(exif: PILImage.Exif) -> bytes | None:
+    """The EXIF an output should carry: orientation 1, no pixel-layout tags; Pillow never writes the thumbnail."""
+    if not exif:
+        return None
+    for tag in _LAYOUT_TAGS & exif.keys():
+        del exif[tag]
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    return exif.tobytes()[6:]  # without the "Exif\0\0" of JPEG's APP1
+
+
+def _to_image(pixels: np.ndarray, path: Path, gray_file: bool, metadata: Metadata) -> Image:
+    """RGB(A), gray or gray+alpha pixels as RGB plus optional alpha."""
     planes = pixels[..., None] if pixels.ndim == 2 else pixels
     channels = planes.shape[2]
     if channels not in (1, 2, 3, 4):
         raise ImageError(f"{path}: unsupported {channels}-channel image")
-    rgb = planes[..., [0, 0, 0]] if channels < 3 else planes[..., 2::-1]
+    rgb = planes[..., [0, 0, 0]] if channels < 3 else planes[..., :3]
     alpha = np.ascontiguousarray(planes[..., -1]) if channels in (2, 4) else None
     # OpenCV expands gray+alpha PNGs to BGRA, so the header tells whether the file was gray.
-    return Image(np.ascontiguousarray(rgb), alpha, grayscale=channels < 3 or gray_file)
+    return Image(np.ascontiguousarray(rgb), alpha, channels < 3 or gray_file, metadata)
 
 
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _to_opencv(image: Image, ext: str) -> np.ndarray:
-    """BGR(A) or gray in a depth `ext` holds; OpenCV cannot encode gray+alpha, so that becomes BGRA."""
-    alpha = image.alpha if ext in _ALPHA_EXTENSIONS else None
-    if image.grayscale and alpha is None:
-        pixels = image.rgb[..., 0]
-    else:
-        color = image.rgb[..., [0, 0, 0]] if image.grayscale else image.rgb[..., ::-1]
-        pixels = color if alpha is None else np.dstack([color, alpha])
-    if pixels.dtype == np.uint16 and ext not in _16BIT_EXTENSIONS:
+def _to_layout(image: Image, fmt: str) -> np.ndarray:
+    """Gray, gray+alpha, RGB or RGBA in a depth and channel layout that `fmt` holds."""
+    alpha = image.alpha if fmt in _ALPHA_FORMATS else None
+    wide_gray_alpha = alpha is not None and image.rgb.dtype == np.uint16  # no library writes it: RGBA instead
+    color = image.rgb[..., :1] if image.grayscale and fmt in _GRAY_FORMATS and not wide_gray_alpha else image.rgb
+    pixels = color if alpha is None else np.dstack([color, alpha])
+    if pixels.dtype == np.uint16 and fmt not in _16BIT_FORMATS:
         pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(value / 257)
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
 
 
-def _encode(pixels: np.ndarray, ext: str, quality: int, path: Path) -> np.ndarray:
-    params = [_QUALITY_PARAMS[ext], quality] if ext in _QUALITY_PARAMS else []
-    try:
-        ok, encoded = cv2.imencode(ext, pixels, params)
-    except cv2.error:
-        ok = False
+def _for_output(metadata: Metadata | None, width: int, height: int) -> Metadata | None:
+    """The metadata with EXIF's pixel-size tags set to what is written."""
+    if metadata is None or metadata.exif is None:
+        return metadata
+    exif = PILImage.Exif()
+    exif.load(metadata.exif)
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    for tag, value in zip(_PIXEL_SIZE_TAGS, (width, height)):
+        if tag in sub:
+            sub[tag] = value
+    return replace(metadata, exif=exif.tobytes()[6:])
+
+
+def _encoder(pixels: np.ndarray, fmt: str) -> Callable[[np.ndarray, str, int, Metadata | None], bytes]:
+    """Pillow carries all metadata but holds 16-bit samples only as plain gray; OpenCV and tifffile do the rest."""
+    if pixels.dtype == np.uint8 or pixels.ndim == 2:
+        return _pillow_encode
+    return _tifffile_encode if fmt == "TIFF" else _opencv_encode
+
+
+def _pillow_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
+    if fmt == "HEIF" and not _heif_available():
+        raise ImageError(HEIF_HINT)
+    options: dict[str, Any] = {"quality": quality} if fmt in _QUALITY_FORMATS else {}
+    keeps = KEEPS[fmt] if metadata is not None else frozenset()
+    if "icc" in keeps and metadata.icc_profile:
+        options["icc_profile"] = metadata.icc_profile
+    if "dpi" in keeps and metadata.dpi:
+        options["dpi"] = metadata.dpi
+    if "exif" in keeps and metadata.exif:
+        options["exif"] = b"Exif\0\0" + metadata.exif
+    if "xmp" in keeps and metadata.xmp:
+        options["xmp"] = metadata.xmp
+    if fmt == "PNG" and "xmp" in options:  # Pillow writes PNG's XMP only as an iTXt text chunk
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
+    if fmt == "TIFF":  # Pillow's TIFF writer drops the EXIF sub-IFDs unless given as nested tags
+        options["tiffinfo"] = _tiff_tags(options.pop("exif", None), options.pop("xmp", None))
+    out = io.BytesIO()
+    PILImage.fromarray(pixels).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _tiff_tags(exif_block: bytes | None, xmp: bytes | None) -> dict[int, Any]:
+    tags: dict[int, Any] = {}
+    if exif_block:
+        exif = PILImage.Exif()
+        exif.load(exif_block)
+        tags = {tag: value for tag, value in exif.items() if tag not in _SUB_IFDS}
+        for tag in _SUB_IFDS:
+            if sub := exif.get_ifd(tag):
+                tags[tag] = dict(sub)
+        interop = exif.get_ifd(ExifTags.IFD.Interop)
+        if interop and ExifTags.IFD.Exif in tags:
+            tags[ExifTags.IFD.Exif][ExifTags.IFD.Interop] = dict(interop)
+    if xmp:
+        tags[700] = xmp
+    return tags
+
+
+def _opencv_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
+    """16-bit colour PNG: OpenCV writes the colour profile and EXIF (its XMP would be a Latin-1 tEXt chunk)."""
+    metadata = metadata or Metadata()
+    blocks = {cv2.IMAGE_METADATA_ICCP: metadata.icc_profile, cv2.IMAGE_METADATA_EXIF: metadata.exif}
+    kinds = [kind for kind, block in blocks.items() if block]
+    bgr = np.concatenate([pixels[..., 2::-1], pixels[..., 3:]], axis=2)
+    ok, encoded = cv2.imencodeWithMetadata(".png", bgr, kinds, [np.frombuffer(blocks[k], np.uint8) for k in kinds])
     if not ok:
-        raise ImageError(f"{path}: could not encode the image as {ext}")
-    return encoded
+        raise ImageError("could not encode the image as .png")
+    return encoded.tobytes()
 
 
-def _write_atomic(path: Path, data: np.ndarray) -> None:
+def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
+    """16-bit colour TIFF: tifffile writes the profile, XMP, DPI and IFD0's text tags, but no EXIF sub-IFDs."""
+    import tifffile
+
+    metadata = metadata or Metadata()
+    extratags = [(700, 1, len(metadata.xmp), metadata.xmp, True)] if metadata.xmp else []
+    if metadata.exif:
+        exif = PILImage.Exif()
+        exif.load(metadata.exif)
+        extratags += [(tag, "s", 0, exif[tag], True) for tag in _TIFF_TEXT_TAGS if isinstance(exif.get(tag), str)]
+    out = io.BytesIO()
+    tifffile.imwrite(
+        out,
+        pixels,
+        photometric="rgb",
+        extrasamples=("unassalpha",) if pixels.shape[2] == 4 else None,
+        compression="zlib",
+        predictor=True,
+        iccprofile=metadata.icc_profile,
+        resolution=metadata.dpi,
+        resolutionunit="INCH" if metadata.dpi else None,
+        metadata=None,
+        extratags=extratags,
+    )
+    return out.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     """Write a hidden temp file beside `path`, fsync, rename it over `path`; never leave the temp file behind."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:  # os.open rather than mkstemp: mode 0o666 minus the umask, like any other new file

@@ -177,13 +177,25 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], WeightsInfo]
     return state, WeightsInfo(config, info.get("channel_order", "RGB"), str(path), info.get("meta", {}))
 
 
+def _pickle_problem(path: Path, exc: Exception) -> str:
+    """What is wrong, in words: torch's own text names internals (a pickle memo key, a miniz error)
+    or suggests turning weights_only off, which would let the file run code."""
+    text = str(exc)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if "GLOBAL" in text:  # weights_only met a class or function reference
+        return "it holds Python objects besides tensors, which could run code; derain loads only plain weights"
+    if "zip archive" in text:
+        return "a damaged or truncated PyTorch file; download or copy it again"
+    return "neither a PyTorch nor a safetensors file"
+
+
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
     """The official ``gen.pkl`` (flat state_dict, BGR) or one of our training checkpoints."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a loadable weights file ({reason[:200]})") from None
+        raise WeightsError(f"{path}: not a loadable weights file ({_pickle_problem(path, exc)})") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a state_dict, found {type(obj).__name__}")
     if "generator" in obj and "config" in obj:  # our training checkpoint: prefer EMA weights

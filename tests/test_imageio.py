@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import PIL.Image
 import pytest
 
 from derain.imageio import (
@@ -166,14 +167,25 @@ def test_grayscale_is_written_single_channel_and_read_back_gray(tmp_path: Path, 
     assert all(np.array_equal(image.rgb[..., c], gray[..., 0]) for c in range(3))
 
 
-def test_gray_alpha_png_is_grayscale_with_alpha(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_gray_alpha_is_written_gray_alpha(tmp_path: Path, ext: str) -> None:
     path = _file(tmp_path, "ga.png", _png(2, 1, 4, [bytes([10, 200, 20, 100])]))  # gray, alpha, gray, alpha
     image = read_image(path)
     assert image.grayscale
     assert image.rgb.tolist() == [[[10, 10, 10], [20, 20, 20]]] and image.alpha.tolist() == [[200, 100]]
-    write_image(tmp_path / "out.png", image)  # OpenCV cannot encode gray+alpha: written as gray-valued BGRA
-    again = read_image(tmp_path / "out.png")
-    assert np.array_equal(again.rgb, image.rgb) and np.array_equal(again.alpha, image.alpha)
+    write_image(tmp_path / f"out{ext}", image)
+    with PIL.Image.open(tmp_path / f"out{ext}") as written:
+        assert written.mode == "LA"
+    again = read_image(tmp_path / f"out{ext}")
+    assert again.grayscale and np.array_equal(again.rgb, image.rgb) and np.array_equal(again.alpha, image.alpha)
+
+
+def test_16bit_gray_alpha_is_written_as_16bit_rgba(tmp_path: Path) -> None:
+    gray, alpha = _noise(3, 4, 1, np.uint16), _noise(3, 4, 1, np.uint16)[..., 0]
+    write_image(tmp_path / "out.png", Image(np.repeat(gray, 3, axis=2), alpha, grayscale=True))
+    pixels = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)  # no library writes 16-bit gray+alpha
+    assert pixels.dtype == np.uint16 and pixels.shape == (3, 4, 4)
+    assert np.array_equal(pixels[..., 0], gray[..., 0]) and np.array_equal(pixels[..., 3], alpha)
 
 
 def test_jpeg_quality_changes_file_size(tmp_path: Path) -> None:
@@ -275,14 +287,19 @@ def test_read_image_size_of_hand_built_headers(tmp_path: Path) -> None:
     assert read_image_size(_file(tmp_path, "os2.bmp", _os2_bmp(5, 3))) == (5, 3)
     assert read_image(tmp_path / "os2.bmp").size == (5, 3)
     assert read_image_size(_file(tmp_path, "mm.tif", _tiff(_marked(), 1, ">"))) == (24, 16)
-    assert read_image_size(_file(tmp_path, "o.tif", _tiff(_marked(), 6))) == (24, 16)  # as stored, not upright
+
+
+@pytest.mark.parametrize(("name", "build"), [("o.tif", _tiff), ("o.jpg", _jpeg_with_exif)])
+def test_read_image_size_is_upright_like_the_pixels(tmp_path: Path, name: str, build: Callable) -> None:
+    path = _file(tmp_path, name, build(_marked(), 6))
+    assert read_image_size(path) == read_image(path).size == (16, 24)
 
 
 def test_read_image_size_refuses_bad_headers(tmp_path: Path) -> None:
     png = _encode(".png", _noise(4, 4))
-    with pytest.raises(ImageError, match="truncated header"):
+    with pytest.raises(ImageError, match=r"cut\.png: not a readable image \(.*header is cut off\)"):
         read_image_size(_file(tmp_path, "cut.png", png[:12]))
-    with pytest.raises(ImageError, match="not a PNG, JPEG, BMP, TIFF or WebP"):
+    with pytest.raises(ImageError, match="not a JPEG, PNG, TIFF, WebP, BMP, HEIC or AVIF file"):
         read_image_size(_file(tmp_path, "text.png", b"hello, world"))
     with pytest.raises(ImageError, match="no such file"):
         read_image_size(tmp_path / "missing.png")
@@ -372,10 +389,12 @@ def test_written_file_gets_the_usual_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask
 
 
-def test_failed_encoding_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cv2, "imencode", lambda *_: (False, None))
-    with pytest.raises(ImageError, match=r"out\.png: could not encode"):
-        write_image(tmp_path / "out.png", Image(_marked()))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])  # Pillow, then OpenCV (16-bit colour)
+def test_failed_encoding_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
+    monkeypatch.setattr(PIL.Image.Image, "save", _must_not_decode)
+    monkeypatch.setattr(cv2, "imencodeWithMetadata", lambda *_: (False, None))
+    with pytest.raises(ImageError, match=r"out\.png: could not encode the image as \.png"):
+        write_image(tmp_path / "out.png", Image(_marked().astype(dtype)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -383,7 +402,7 @@ def test_interrupted_encoding_writes_nothing(tmp_path: Path, monkeypatch: pytest
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cv2, "imencode", interrupt)
+    monkeypatch.setattr(PIL.Image.Image, "save", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "out.png", Image(_marked()))
     assert list(tmp_path.iterdir()) == []
@@ -440,5 +459,6 @@ def test_is_image_path() -> None:
     assert not is_image_path(Path("x.gif")) and not is_image_path(Path("jpg"))
 
 
-def test_opencv_pixel_limit_is_lifted() -> None:
+def test_library_pixel_limits_are_lifted() -> None:
     assert int(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]) > DEFAULT_MAX_PIXELS
+    assert PIL.Image.MAX_IMAGE_PIXELS is None  # read_image applies max_pixels instead

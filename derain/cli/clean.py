@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from ..files import clean_file
+from ..files import clean_file, overlay_path_for
 from ..imageio import ImageError, output_path_for
-from .common import InputFailed, console, friendly, load_derainer, model_options, with_ext, write_options
+from .common import (
+    InputFailed,
+    console,
+    friendly,
+    load_derainer,
+    metadata_option,
+    model_options,
+    with_ext,
+    write_options,
+)
 
 
 @click.command()
@@ -29,6 +39,7 @@ from .common import InputFailed, console, friendly, load_derainer, model_options
 )
 @model_options
 @write_options
+@metadata_option
 @friendly
 def clean(
     input_path: Path,
@@ -38,24 +49,36 @@ def clean(
     ext: str | None,
     quality: int,
     max_pixels: int | None,
+    strip_metadata: bool,
     **model: str,
 ) -> None:
     """Remove raindrops from one photo.
 
+    The output keeps the photo's colour profile, EXIF (camera, date, GPS; orientation reset,
+    as the pixels are written upright), XMP and DPI where its format can hold them.
+
     \b
     Examples:
       derain clean rainy.jpg                  # writes rainy_derained.jpg
+      derain clean IMG_0042.HEIC --ext jpg    # iPhone photo to JPEG, metadata kept
       derain clean rainy.jpg -o clean.png --attention
       derain clean huge.tif --tile 512 --device cpu
     """
+    if input_path.is_dir():
+        hint = f"derain batch {shlex.quote(str(input_path))}"
+        raise InputFailed(f"{input_path}: is a folder; to clean every image in it use `{hint}`")
     if not input_path.is_file():
         raise InputFailed(f"{input_path}: no such file")
     dst = with_ext(output, ext) if output else output_path_for(input_path, suffix, ext)
-    overlay = dst.with_name(dst.stem + "_overlay.png") if with_overlay else None
+    overlay = overlay_path_for(dst) if with_overlay else None
+    try:  # as `batch` and `attention` make theirs
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFailed(f"{dst}: cannot create its folder {dst.parent} ({exc.strerror})") from None
     derainer = load_derainer(**model)
     try:
         with console.status(f"Cleaning {input_path.name}…"):
-            clean_file(derainer, input_path, dst, quality, max_pixels, overlay)
+            clean_file(derainer, input_path, dst, quality, max_pixels, overlay, keep_metadata=not strip_metadata)
     except ImageError as exc:
         raise InputFailed(str(exc)) from None
     console.print(

@@ -111,6 +111,15 @@ def limit_option(command: Callable) -> Callable:
     )(command)
 
 
+def metadata_option(command: Callable) -> Callable:
+    """--strip-metadata: outputs keep the colour profile, EXIF, XMP and DPI unless asked not to."""
+    return click.option(
+        "--strip-metadata",
+        is_flag=True,
+        help="Write no colour profile, EXIF (camera, date, GPS), XMP or DPI.  [default: keep them]",
+    )(command)
+
+
 def _parse_pixels(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
     text = value.strip().upper().removesuffix("P")
     factor = 1_000_000 if text.endswith("M") else 1

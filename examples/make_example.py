@@ -65,9 +65,18 @@ def draw_scene(rng: np.random.Generator) -> np.ndarray:
 def main() -> None:
     rng = np.random.default_rng(SEED)
     scene = draw_scene(rng)
-    cfg = RenderConfig(coverage=(0.15, 0.15), empty_prob=0.0, strong_defocus_prob=0.5)
-    rainy, _ = render_raindrops(scene, rng, cfg)
-    for name, img in (("rainy.jpg", rainy), ("clean.jpg", scene)):
+    # a daylight shot through a lens cover 8 cm away, focused on the street: no noise, no JPEG yet
+    cfg = RenderConfig(
+        coverage=(0.2, 0.2),
+        glass_mm=(80.0, 80.0),
+        drop_focus_prob=0.0,
+        night_prob=0.0,
+        empty_prob=0.0,
+        noise_prob=0.0,
+        jpeg_prob=0.0,
+    )
+    rainy, clean, _ = render_raindrops(scene.astype(np.float32), rng, cfg)
+    for name, img in (("rainy.jpg", rainy), ("clean.jpg", clean)):
         cv2.imwrite(str(HERE / name), np.rint(img[..., ::-1] * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 

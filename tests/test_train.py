@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from derain.engine import Derainer
-from derain.train.data import PairedImages, find_pairs, mask_from_difference
+from derain.train.data import PairedImages, UnpairedImages, find_pairs, mask_from_difference
 from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train
 from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
 
@@ -172,3 +172,61 @@ def test_mixed_precision_keeps_fp32_weights_and_finite_losses(tmp_path, mixed_pr
     assert all(math.isfinite(v) for v in parts.values())
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())), "weights moved"
+
+
+def _write_photos(folder, count=2, size=(28, 20)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"real_{i}.jpg"), rng.integers(0, 255, (size[1], size[0], 3)).astype(np.uint8))
+
+
+def test_unpaired_photos_are_cropped_and_enlarged_to_the_patch(tmp_path):
+    _write_photos(tmp_path / "real", size=(28, 20))
+    (tmp_path / "real" / "notes.txt").write_text("not a photo")
+    data = UnpairedImages(tmp_path / "real")
+    assert len(data) == 2
+    crops = data.batch(np.random.default_rng(0), 3, 24)
+    assert crops.shape == (3, 3, 24, 24) and 0 <= crops.min() and crops.max() <= 1
+
+
+def test_unpaired_training_shows_real_outputs_to_the_discriminator_and_exports_weights(tmp_path):
+    _write_pairs(tmp_path / "train")
+    _write_photos(tmp_path / "real")
+    cfg = TrainConfig(
+        steps=2,
+        batch=1,
+        patch=16,
+        warmup=1,
+        generator=TINY.to_dict(),
+        rnn_only_fraction=0.0,
+        gan_weight=0.01,
+        unpaired_dir=str(tmp_path / "real"),
+    )
+    trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run")
+    d_before = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    parts = trainer.train_step()
+    assert parts["gan_real"] > 0 and math.isfinite(parts["gan_real"]), "outputs on real photos are judged"
+    assert any(not torch.equal(b, p) for b, p in zip(d_before, trainer.discriminator.parameters()))
+    trainer = train(cfg, tmp_path / "train", tmp_path / "run")
+    derainer = Derainer(tmp_path / "run" / "final.safetensors", device="cpu")
+    assert derainer.clean(np.zeros((12, 20, 3), np.uint8)).shape == (12, 20, 3)
+
+
+def test_unpaired_folders_must_hold_photos_and_need_the_discriminator(tmp_path):
+    _write_pairs(tmp_path / "train")
+    (tmp_path / "empty").mkdir()
+    base = {"steps": 1, "batch": 1, "patch": 16, "generator": TINY.to_dict(), "gan_weight": 0.01}
+    with pytest.raises(ValueError, match="no photos found"):
+        Trainer(TrainConfig(**base, unpaired_dir=str(tmp_path / "empty")), tmp_path / "train", tmp_path / "run")
+    with pytest.raises(ValueError, match="no such folder"):
+        Trainer(TrainConfig(**base, unpaired_dir=str(tmp_path / "nope")), tmp_path / "train", tmp_path / "run")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot read"):
+        Trainer(TrainConfig(**base, unpaired_dir=str(tmp_path / "bad")), tmp_path / "train", tmp_path / "run")
+    _write_photos(tmp_path / "real")
+    no_gan = base | {"gan_weight": 0.0}
+    with pytest.raises(ValueError, match="gan weight"):
+        Trainer(TrainConfig(**no_gan, unpaired_dir=str(tmp_path / "real")), tmp_path / "train", tmp_path / "run")
+    assert not (tmp_path / "run").exists(), "no run folder is left behind"

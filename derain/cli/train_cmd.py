@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..train.loop import Log, TrainConfig, train
+from ..train.loop import UNPAIRED_GAN_WEIGHT, Log, TrainConfig, train
 from .common import InputFailed, console, friendly
 
 
@@ -62,10 +62,19 @@ def _print_log(log: Log) -> None:
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option(
     "--gan-weight",
-    default=TrainConfig.gan_weight,
-    show_default=True,
-    type=float,
-    help="Adversarial term with the attentive discriminator (paper: 0.01); 0 disables it.",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Adversarial term with the attentive discriminator (paper: 0.01); 0 disables it. "
+    f"Default: {TrainConfig.gan_weight:g}, or {UNPAIRED_GAN_WEIGHT:g} with --unpaired.",
+)
+@click.option(
+    "--unpaired",
+    "unpaired_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A folder of real rainy photos without ground truth (say, your own camera's): the "
+    "discriminator learns to tell the outputs on them from clean photos, so the generator learns "
+    "to leave no rain on real photos. Adapt a model to your camera with --init and --unpaired.",
 )
 @click.option(
     "--residual/--paper-output",
@@ -113,9 +122,12 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: boo
       derain synth photos/ -o data/train --count 1400 --split train
       derain train data/train --val data/val -o runs/v1 --steps 3000
       derain train data/more --val data/val -o runs/v2 --init runs/v1/checkpoint.pt --lr 1e-4
+      derain train data/train -o runs/mycam --init derain-v9 --unpaired my_dashcam_frames/ --lr 5e-5
     """
     if not data_dir.is_dir():
         raise InputFailed(f"{data_dir}: no such folder")
+    if options["gan_weight"] is None:
+        options["gan_weight"] = UNPAIRED_GAN_WEIGHT if options["unpaired_dir"] else TrainConfig.gan_weight
     cfg = TrainConfig(residual=residual, **options)
     trainer = train(cfg, data_dir, run_dir, val_dir, resume=resume, on_log=_print_log)
     console.print(f"[green]✓[/] trained to step {trainer.step}; weights in {escape(str(run_dir))}/final.safetensors")

@@ -95,19 +95,55 @@ class PairedImages:
         rainy, clean, masks = [], [], []
         for _ in range(size):
             i = int(rng.integers(len(self)))
-            h, w = self.masks[i].shape
-            p = min(patch, h, w) // 4 * 4
-            y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
-            sl = (slice(y, y + p), slice(x, x + p))
-            flip = slice(None, None, -1 if rng.random() < 0.5 else 1)
-            rainy.append(self.rainy[i][sl][:, flip])
-            clean.append(self.clean[i][sl][:, flip])
-            masks.append(self.masks[i][sl][:, flip])
+            sl = _random_crop(rng, self.masks[i].shape, patch)
+            rainy.append(self.rainy[i][sl])
+            clean.append(self.clean[i][sl])
+            masks.append(self.masks[i][sl])
         return {
             "rainy": _to_tensor(np.stack(rainy)),
             "clean": _to_tensor(np.stack(clean)),
             "mask": _to_tensor(np.stack(masks)[..., None]),
         }
+
+
+class UnpairedImages:
+    """Real rainy photos without ground truth (any file names, sub-folders included), decoded into
+    memory as RGB uint8; the adversarial loss is all they take part in."""
+
+    def __init__(self, root: Path) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"{root}: no such folder of unpaired photos")
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise ValueError(f"{root}: no photos found for --unpaired (jpg, png, bmp, tif or webp)")
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            self.images = list(pool.map(_read_rgb, paths))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, rng: np.random.Generator, size: int, patch: int) -> torch.Tensor:
+        """Random ``patch``² crops with horizontal flips (N×3×P×P in [0, 1]); photos smaller than
+        a patch are enlarged to cover it."""
+        crops = []
+        for _ in range(size):
+            image = self.images[int(rng.integers(len(self)))]
+            short = min(image.shape[:2])
+            if short < patch:
+                image = cv2.resize(image, None, fx=patch / short, fy=patch / short, interpolation=cv2.INTER_CUBIC)
+            crops.append(image[_random_crop(rng, image.shape[:2], patch)])
+        return _to_tensor(np.stack(crops))
+
+
+def _random_crop(rng: np.random.Generator, shape: tuple[int, ...], patch: int) -> tuple[slice, slice]:
+    """A random square crop (side a multiple of 4, at most ``patch``), mirrored half the time."""
+    h, w = shape[:2]
+    p = min(patch, h, w) // 4 * 4
+    y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+    if rng.random() < 0.5:  # mirrored: the columns from x + p − 1 down to x
+        return slice(y, y + p), slice(x + p - 1, x - 1 if x else None, -1)
+    return slice(y, y + p), slice(x, x + p)
 
 
 def _decode_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,7 +22,10 @@ from ..engine import cpu_supports_bf16
 from ..model import AttentiveDiscriminator, Generator, GeneratorConfig, init_for_training
 from ..weights import load_weights, save_weights
 from . import losses
-from .data import PairedImages
+from .data import PairedImages, UnpairedImages
+
+UNPAIRED_GAN_WEIGHT = 0.01
+"""The paper's adversarial weight, the default when unpaired photos join the training."""
 
 
 @dataclass
@@ -49,6 +52,12 @@ class TrainConfig:
     ssim_weight: float = 0.1
     gan_weight: float = 0.0
     """0 disables the discriminator; the paper uses 0.01 (best added late in a run)."""
+    unpaired_dir: str | None = None
+    """Real rainy photos without ground truth. The attentive discriminator also sees the
+    generator's outputs on them as fakes (clean photos are its reals), so the generator learns to
+    leave nothing on real photos that looks like rain; needs ``gan_weight`` > 0."""
+    unpaired_batch: int = 2
+    """Unpaired crops per step (each costs a generator pass like a paired crop)."""
     residual: bool = False
     """Predict a correction added to the input instead of the image. Measured here: with Adam,
     a zero-initialised head and 90 % drop-free pixels, the residual autoencoder's ReLUs died
@@ -156,6 +165,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.train_data = PairedImages(train_dir)
         self.val_data = PairedImages(val_dir, limit=cfg.val_images) if val_dir else None
+        if cfg.unpaired_dir and cfg.gan_weight <= 0:
+            raise ValueError("unpaired photos only take part through the discriminator: set a gan weight > 0")
+        self.unpaired = UnpairedImages(Path(cfg.unpaired_dir)) if cfg.unpaired_dir else None
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         steps = {"steps": cfg.attention_steps} if cfg.attention_steps else {}
@@ -273,7 +285,7 @@ class Trainer:
             if cfg.ssim_weight:
                 parts["ssim"] = cfg.ssim_weight * losses.ssim_loss(out.image, clean)
             if self.discriminator is not None:
-                parts.update(self._adversarial(out, clean))
+                parts.update(self._adversarial(out, clean, self._unpaired_outputs()))
         total = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -282,21 +294,41 @@ class Trainer:
         self.ema.update(self.model, self.step)
         return {k: v.item() for k, v in parts.items()} | {"total": total.item()}
 
-    def _adversarial(self, out, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One discriminator update, then the generator's adversarial term."""
+    def _unpaired_outputs(self) -> torch.Tensor | None:
+        """The generator's outputs on a batch of real rainy crops, or None without unpaired photos."""
+        if self.unpaired is None:
+            return None
+        real_rainy = self.unpaired.batch(self.rng, self.cfg.unpaired_batch, self.cfg.patch).to(self.device)
+        if self.bf16:
+            real_rainy = real_rainy.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.model(real_rainy).image.clamp(0, 1)
+
+    def _adversarial(self, out, clean: torch.Tensor, unpaired: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One discriminator update, then the generator's adversarial terms.
+
+        The paper's map loss needs the generator's attention on a rendered pair; outputs on
+        unpaired real photos take part only as fakes (their drops have no mask to check against).
+        """
         fake = out.image.clamp(0, 1)
         with self._autocast():
             real_logit, real_map = self.discriminator(clean)
             fake_logit, fake_map = self.discriminator(fake.detach())
+            unpaired_logit = None if unpaired is None else self.discriminator(unpaired.detach())[0]
         d_loss = losses.discriminator_loss(
             real_logit, fake_logit, real_map, fake_map, out.attention[-1].detach().clamp(0, 1)
         )
+        if unpaired_logit is not None:
+            d_loss = d_loss + losses.fake_loss(unpaired_logit)
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
         with self._autocast():
-            g_logit, _ = self.discriminator(fake)
-        return {"gan": self.cfg.gan_weight * losses.generator_adversarial_loss(g_logit)}
+            parts = {"gan": self.cfg.gan_weight * losses.generator_adversarial_loss(self.discriminator(fake)[0])}
+            if unpaired is not None:
+                g_logit = self.discriminator(unpaired)[0]
+                parts["gan_real"] = self.cfg.gan_weight * losses.generator_adversarial_loss(g_logit)
+        return parts
 
     def run(self) -> Iterator[Log]:
         """Train to ``cfg.steps``, yielding a :class:`Log` every ``log_every`` steps."""

@@ -68,6 +68,12 @@ def generator_adversarial_loss(fake_logit: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
+def fake_loss(fake_logit: torch.Tensor) -> torch.Tensor:
+    """The discriminator's −log(1 − D(O)) for a batch of generated images."""
+    fake_logit = fake_logit.float()
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+
+
 def discriminator_loss(
     real_logit: torch.Tensor,
     fake_logit: torch.Tensor,
@@ -78,8 +84,6 @@ def discriminator_loss(
 ) -> torch.Tensor:
     """L_D = −log D(R) − log(1 − D(O)) + γ·[MSE(D_map(O), A_N) + MSE(D_map(R), 0)]."""
     real_logit, fake_logit, real_map, fake_map = (t.float() for t in (real_logit, fake_logit, real_map, fake_map))
-    adversarial = F.binary_cross_entropy_with_logits(
-        real_logit, torch.ones_like(real_logit)
-    ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+    adversarial = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + fake_loss(fake_logit)
     map_loss = F.mse_loss(fake_map, attention) + F.mse_loss(real_map, torch.zeros_like(real_map))
     return adversarial + gamma * map_loss

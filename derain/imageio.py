@@ -1,12 +1,12 @@
 """Image files as they really come: orientation, alpha, 16-bit, grayscale, metadata, size limits.
 
-Pillow opens every file lazily: format, size, frame count, colour profile, EXIF, XMP and DPI
-come from the header without decoding a pixel, so a decompression bomb is refused as cheaply
-as before. OpenCV decodes the pixels where it can (it is faster on large JPEGs and, unlike
-Pillow, keeps 16-bit colour); Pillow, with pillow-heif for HEIC, decodes the rest. Outputs are
-encoded by whichever library carries the metadata into that format (see `_encoder`). Writes go
-through a hidden temporary file renamed into place: an interrupted run never leaves half an image
-under the final name.
+Pillow opens every file lazily: format, size, frame count and metadata (see
+:mod:`derain.metadata`) come from the header without decoding a pixel, so a decompression bomb
+is refused as cheaply as before. OpenCV decodes the pixels where it can (it is faster on large
+JPEGs and, unlike Pillow, keeps 16-bit colour); Pillow, with pillow-heif for HEIC, decodes the
+rest. Outputs are encoded by whichever library carries the metadata into that format (see
+`_encoder`). Writes go through a hidden temporary file renamed into place: an interrupted run
+never leaves half an image under the final name.
 
 derain applies its own pixel limit (`max_pixels`), so Pillow's is lifted here, as OpenCV's is in
 derain/__init__.py.
@@ -17,19 +17,20 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2  # its own pixel limit is lifted in derain/__init__.py, before any module loads OpenCV
 import numpy as np
-from PIL import ExifTags, PngImagePlugin, UnidentifiedImageError, features
 from PIL import Image as PILImage
+from PIL import UnidentifiedImageError, features
+
+from . import metadata as meta
+from .metadata import Metadata
 
 PILImage.MAX_IMAGE_PIXELS = None  # read_image checks max_pixels on the same header instead
 
@@ -60,31 +61,6 @@ _16BIT_FORMATS = frozenset({"PNG", "TIFF"})
 _QUALITY_FORMATS = frozenset({"JPEG", "WEBP", "HEIF", "AVIF"})
 _READ_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
 
-# What each written format carries; README.md shows the same table.
-KEEPS: dict[str, frozenset[str]] = {
-    "JPEG": frozenset({"icc", "exif", "xmp", "dpi"}),
-    "PNG": frozenset({"icc", "exif", "xmp", "dpi"}),
-    "TIFF": frozenset({"icc", "exif", "xmp", "dpi"}),
-    "WEBP": frozenset({"icc", "exif", "xmp"}),
-    "HEIF": frozenset({"icc", "exif", "xmp"}),
-    "AVIF": frozenset({"icc", "exif", "xmp"}),
-    "BMP": frozenset(),
-    "16-bit colour PNG": frozenset({"icc", "exif"}),  # OpenCV: Pillow has no 16-bit colour mode
-    "16-bit colour TIFF": frozenset({"icc", "exif IFD0", "xmp", "dpi"}),  # tifffile: no EXIF sub-IFDs
-}
-
-_ORIENTATION = ExifTags.Base.Orientation
-_SUB_IFDS = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
-_PIXEL_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
-# Tags that describe how a TIFF stores its pixels (a TIFF's EXIF is its own first IFD) or that
-# travel separately (XMP, ICC): they never belong in the EXIF of an output.
-_LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284})
-_LAYOUT_TAGS |= frozenset({317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530})
-_LAYOUT_TAGS |= frozenset({700, 33723, 34377, 34675})
-# IFD0 tags that a 16-bit colour TIFF (written by tifffile) keeps: the ASCII ones about the photo.
-_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 316, 33432)
-_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[2-8]')
-
 # How to make each EXIF orientation upright; numpy views, cheap until made contiguous.
 _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     2: lambda a: a[:, ::-1],
@@ -99,16 +75,6 @@ _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 
 class ImageError(ValueError):
     """One-line, user-facing reason an image cannot be read or written."""
-
-
-@dataclass(frozen=True)
-class Metadata:
-    """What makes a photo theirs, ready to write: pixels are upright, so EXIF orientation is already 1."""
-
-    icc_profile: bytes | None = None  # byte for byte as read
-    exif: bytes | None = None  # TIFF-structured, without the thumbnail (IFD1) or layout tags
-    xmp: bytes | None = None
-    dpi: tuple[float, float] | None = None
 
 
 @dataclass
@@ -159,11 +125,11 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image
             pixels = _opencv_decode(f.read(), header, path)
         else:
             pixels = _pillow_decode(header, path)
-        exif = _exif(header)
-        orientation = exif.get(_ORIENTATION, 1) if header.format != "TIFF" else 1  # TIFF decoders orient it
+        exif = meta.read_exif(header)
+        orientation = exif.get(meta.ORIENTATION, 1) if header.format != "TIFF" else 1  # TIFF decoders orient it
         if orientation in _UPRIGHT:
             pixels = _UPRIGHT[orientation](pixels)
-        return _to_image(pixels, path, header.mode in _GRAY_MODES, _metadata(header, exif))
+        return _to_image(pixels, path, header.mode in _GRAY_MODES, meta.from_header(header, exif))
 
 
 def write_image(path: Path, image: Image, quality: int = 95) -> None:
@@ -179,7 +145,7 @@ def write_image(path: Path, image: Image, quality: int = 95) -> None:
         raise ImageError(f"{path}: folder {path.parent} does not exist")
     fmt = _FORMAT_OF[ext]
     pixels = _to_layout(image, fmt)
-    metadata = _for_output(image.metadata, pixels.shape[1], pixels.shape[0])
+    metadata = meta.for_output(image.metadata, pixels.shape[1], pixels.shape[0])
     try:
         data = _encoder(pixels, fmt)(pixels, fmt, quality, metadata)
     except ImageError as exc:
@@ -263,23 +229,9 @@ def _opened(path: Path) -> Iterator[tuple[io.BufferedReader, PILImage.Image]]:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _exif(header: PILImage.Image) -> PILImage.Exif:
-    """The parsed EXIF, empty if missing or malformed: bad metadata must not cost a photo."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exif = header.getexif()
-            for tag in _SUB_IFDS:  # parse now, so that a broken block is dropped here, not when writing
-                exif.get_ifd(tag)
-            exif.tobytes()
-    except Exception:  # Pillow raises many types on corrupt EXIF
-        return PILImage.Exif()
-    return exif
-
-
 def _upright_size(header: PILImage.Image) -> tuple[int, int]:
     width, height = header.size  # Pillow already reports a TIFF's size upright
-    sideways = header.format != "TIFF" and _exif(header).get(_ORIENTATION) in (5, 6, 7, 8)
+    sideways = header.format != "TIFF" and meta.read_exif(header).get(meta.ORIENTATION) in (5, 6, 7, 8)
     return (height, width) if sideways else (width, height)
 
 
@@ -326,31 +278,6 @@ def _pillow_decode(header: PILImage.Image, path: Path) -> np.ndarray:
         raise ImageError(_unreadable(path)) from None
 
 
-def _metadata(header: PILImage.Image, exif: PILImage.Exif) -> Metadata:
-    info = header.info
-    xmp = info.get("xmp") or info.get("XML:com.adobe.xmp")
-    if isinstance(xmp, str):
-        xmp = xmp.encode()
-    dpi = info.get("dpi")
-    return Metadata(
-        icc_profile=info.get("icc_profile") or None,
-        exif=_clean_exif(exif),
-        xmp=_XMP_ORIENTATION.sub(rb"\g<1>1", xmp) if xmp else None,  # pixels are upright: say so in XMP too
-        dpi=(float(dpi[0]), float(dpi[1])) if dpi and min(dpi) > 1 else None,  # Pillow says 1 for "unknown" in TIFF
-    )
-
-
-def _clean_exif(exif: PILImage.Exif) -> bytes | None:
-    """The EXIF an output should carry: orientation 1, no pixel-layout tags; Pillow never writes the thumbnail."""
-    if not exif:
-        return None
-    for tag in _LAYOUT_TAGS & exif.keys():
-        del exif[tag]
-    if _ORIENTATION in exif:
-        exif[_ORIENTATION] = 1
-    return exif.tobytes()[6:]  # without the "Exif\0\0" of JPEG's APP1
-
-
 def _to_image(pixels: np.ndarray, path: Path, gray_file: bool, metadata: Metadata) -> Image:
     """RGB(A), gray or gray+alpha pixels as RGB plus optional alpha."""
     planes = pixels[..., None] if pixels.ndim == 2 else pixels
@@ -377,19 +304,6 @@ def _to_layout(image: Image, fmt: str) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
 
 
-def _for_output(metadata: Metadata | None, width: int, height: int) -> Metadata | None:
-    """The metadata with EXIF's pixel-size tags set to what is written."""
-    if metadata is None or metadata.exif is None:
-        return metadata
-    exif = PILImage.Exif()
-    exif.load(metadata.exif)
-    sub = exif.get_ifd(ExifTags.IFD.Exif)
-    for tag, value in zip(_PIXEL_SIZE_TAGS, (width, height)):
-        if tag in sub:
-            sub[tag] = value
-    return replace(metadata, exif=exif.tobytes()[6:])
-
-
 def _encoder(pixels: np.ndarray, fmt: str) -> Callable[[np.ndarray, str, int, Metadata | None], bytes]:
     """Pillow carries all metadata but holds 16-bit samples only as plain gray; OpenCV and tifffile do the rest."""
     if pixels.dtype == np.uint8 or pixels.ndim == 2:
@@ -400,65 +314,26 @@ def _encoder(pixels: np.ndarray, fmt: str) -> Callable[[np.ndarray, str, int, Me
 def _pillow_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
     if fmt == "HEIF" and not _heif_available():
         raise ImageError(HEIF_HINT)
-    options: dict[str, Any] = {"quality": quality} if fmt in _QUALITY_FORMATS else {}
-    keeps = KEEPS[fmt] if metadata is not None else frozenset()
-    if "icc" in keeps and metadata.icc_profile:
-        options["icc_profile"] = metadata.icc_profile
-    if "dpi" in keeps and metadata.dpi:
-        options["dpi"] = metadata.dpi
-    if "exif" in keeps and metadata.exif:
-        options["exif"] = b"Exif\0\0" + metadata.exif
-    if "xmp" in keeps and metadata.xmp:
-        options["xmp"] = metadata.xmp
-    if fmt == "PNG" and "xmp" in options:  # Pillow writes PNG's XMP only as an iTXt text chunk
-        options["pnginfo"] = PngImagePlugin.PngInfo()
-        options["pnginfo"].add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))
-    if fmt == "TIFF":  # Pillow's TIFF writer drops the EXIF sub-IFDs unless given as nested tags
-        options["tiffinfo"] = _tiff_tags(options.pop("exif", None), options.pop("xmp", None))
+    quality_option = {"quality": quality} if fmt in _QUALITY_FORMATS else {}
     out = io.BytesIO()
-    PILImage.fromarray(pixels).save(out, fmt, **options)
+    PILImage.fromarray(pixels).save(out, fmt, **quality_option, **meta.pillow_options(metadata, fmt))
     return out.getvalue()
 
 
-def _tiff_tags(exif_block: bytes | None, xmp: bytes | None) -> dict[int, Any]:
-    tags: dict[int, Any] = {}
-    if exif_block:
-        exif = PILImage.Exif()
-        exif.load(exif_block)
-        tags = {tag: value for tag, value in exif.items() if tag not in _SUB_IFDS}
-        for tag in _SUB_IFDS:
-            if sub := exif.get_ifd(tag):
-                tags[tag] = dict(sub)
-        interop = exif.get_ifd(ExifTags.IFD.Interop)
-        if interop and ExifTags.IFD.Exif in tags:
-            tags[ExifTags.IFD.Exif][ExifTags.IFD.Interop] = dict(interop)
-    if xmp:
-        tags[700] = xmp
-    return tags
-
-
 def _opencv_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
-    """16-bit colour PNG: OpenCV writes the colour profile and EXIF (its XMP would be a Latin-1 tEXt chunk)."""
-    metadata = metadata or Metadata()
-    blocks = {cv2.IMAGE_METADATA_ICCP: metadata.icc_profile, cv2.IMAGE_METADATA_EXIF: metadata.exif}
-    kinds = [kind for kind, block in blocks.items() if block]
+    """16-bit colour PNG."""
+    blocks = meta.opencv_blocks(metadata, cv2.IMAGE_METADATA_ICCP, cv2.IMAGE_METADATA_EXIF)
     bgr = np.concatenate([pixels[..., 2::-1], pixels[..., 3:]], axis=2)
-    ok, encoded = cv2.imencodeWithMetadata(".png", bgr, kinds, [np.frombuffer(blocks[k], np.uint8) for k in kinds])
+    ok, encoded = cv2.imencodeWithMetadata(".png", bgr, list(blocks), list(blocks.values()))
     if not ok:
         raise ImageError("could not encode the image as .png")
     return encoded.tobytes()
 
 
 def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
-    """16-bit colour TIFF: tifffile writes the profile, XMP, DPI and IFD0's text tags, but no EXIF sub-IFDs."""
+    """16-bit colour TIFF."""
     import tifffile
 
-    metadata = metadata or Metadata()
-    extratags = [(700, 1, len(metadata.xmp), metadata.xmp, True)] if metadata.xmp else []
-    if metadata.exif:
-        exif = PILImage.Exif()
-        exif.load(metadata.exif)
-        extratags += [(tag, "s", 0, exif[tag], True) for tag in _TIFF_TEXT_TAGS if isinstance(exif.get(tag), str)]
     out = io.BytesIO()
     tifffile.imwrite(
         out,
@@ -467,11 +342,8 @@ def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metad
         extrasamples=("unassalpha",) if pixels.shape[2] == 4 else None,
         compression="zlib",
         predictor=True,
-        iccprofile=metadata.icc_profile,
-        resolution=metadata.dpi,
-        resolutionunit="INCH" if metadata.dpi else None,
-        metadata=None,
-        extratags=extratags,
+        metadata=None,  # no JSON description of its own
+        **meta.tifffile_options(metadata),
     )
     return out.getvalue()
 

@@ -21,7 +21,8 @@ from PIL import ExifTags, ImageCms, features
 import derain.imageio
 from derain.engine import Derainer
 from derain.files import clean_file
-from derain.imageio import HEIF_HINT, KEEPS, Image, ImageError, read_image, write_image
+from derain.imageio import HEIF_HINT, Image, ImageError, read_image, write_image
+from derain.metadata import KEEPS
 
 from . import test_cli
 from .test_cli import assert_fails, assert_ok, files_under, run

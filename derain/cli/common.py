@@ -85,7 +85,7 @@ def write_options(command: Callable) -> Callable:
             default=95,
             show_default=True,
             type=click.IntRange(1, 100),
-            help="JPEG/WebP quality of written images.",
+            help="JPEG/WebP/HEIC/AVIF quality of written images.",
         ),
         click.option(
             "--ext",

@@ -54,6 +54,17 @@ class EvalReport:
         input PSNR (infinite) and nothing to derain, so it is listed but not averaged."""
         return [s for s in self.images if np.isfinite(s.input_psnr)]
 
+    @property
+    def drop_free(self) -> list[ImageScore]:
+        """Pairs whose rainy image equals the clean one: the output should be the input."""
+        return [s for s in self.images if not np.isfinite(s.input_psnr)]
+
+    @property
+    def drop_free_psnr(self) -> tuple[float, float] | None:
+        """(mean, worst) PSNR of the output against the input over the drop-free pairs, if any."""
+        values = [s.psnr for s in self.drop_free]
+        return (float(np.mean(values)), float(np.min(values))) if values else None
+
     def _mean(self, key: str) -> float:
         values = [getattr(s, key) for s in self.scored]
         return float(np.mean(values)) if values else float("nan")
@@ -82,6 +93,7 @@ class EvalReport:
             "input_mean_ssim": self.input_mean_ssim,
             "attention_iou": self.attention_iou,
             "averaged_images": len(self.scored),
+            "drop_free_psnr": self.drop_free_psnr and dict(zip(("mean", "min"), self.drop_free_psnr)),
             "images": [s.to_dict() for s in self.images],
         }
 

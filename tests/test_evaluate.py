@@ -61,6 +61,13 @@ def test_pairs_without_rain_are_listed_but_not_averaged(tmp_path):
     assert len(report.images) == 3 and [s.name for s in report.scored] == ["1_rain.png", "3_rain.png"]
     assert report.mean_psnr == pytest.approx((expected[0][0] + expected[2][0]) / 2)
     assert np.isfinite(report.input_mean_psnr) and report.to_dict()["averaged_images"] == 2
+    # how far the output strays from a drop-free input: the ship rule's third figure
+    assert [s.name for s in report.drop_free] == ["2_rain.png"]
+    assert report.drop_free_psnr == pytest.approx((expected[1][0], expected[1][0]))
+    assert report.to_dict()["drop_free_psnr"] == pytest.approx({"mean": expected[1][0], "min": expected[1][0]})
+    assert evaluate(tmp_path, pred_dir=tmp_path / "pred").drop_free_psnr is not None
+    (tmp_path / "data" / "2_rain.png").write_bytes((tmp_path / "pred" / "2_derained.png").read_bytes())
+    assert evaluate(tmp_path, pred_dir=tmp_path / "pred").drop_free_psnr is None
 
 
 def test_attention_is_scored_where_masks_exist(tmp_path, tiny_weights):

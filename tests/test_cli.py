@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 
 import derain
 from derain.cli import main
-from derain.engine import Derainer
+from derain.engine import Derainer, Restoration
 from derain.evaluate import evaluate
 
 from .conftest import random_image
@@ -540,15 +540,15 @@ def test_batch_interrupted_exits_130_and_keeps_finished_work(
     tmp_path: Path, rng: np.random.Generator, model: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    original = Derainer.clean
+    original = Derainer.run
 
-    def clean_then_interrupt(self: Derainer, image: np.ndarray) -> np.ndarray:
+    def run_then_interrupt(self: Derainer, image: np.ndarray, **kwargs: bool) -> Restoration:
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(self, image)
+        return original(self, image, **kwargs)
 
-    monkeypatch.setattr(Derainer, "clean", clean_then_interrupt)
+    monkeypatch.setattr(Derainer, "run", run_then_interrupt)
     _tree(tmp_path / "in", rng)
     result = run("batch", tmp_path / "in", "-o", tmp_path / "out", *model)
     assert result.exit_code == 130, result.output

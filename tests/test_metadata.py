@@ -241,6 +241,41 @@ def test_phone_mpo_reads_its_first_frame(tmp_path: Path) -> None:
 # --- command line -------------------------------------------------------------------------------
 
 
+def test_cli_strip_metadata(tmp_path: Path, model: list[str]) -> None:
+    (tmp_path / "in").mkdir()
+    src = _phone_jpeg(tmp_path / "in" / "a.jpg")
+    assert_ok(run("clean", src, "-o", tmp_path / "kept.jpg", *model))
+    assert_kept(tmp_path / "kept.jpg")
+    assert_ok(run("clean", src, "-o", tmp_path / "bare.jpg", "--strip-metadata", *model))
+    assert_ok(run("batch", tmp_path / "in", "-o", tmp_path / "out", "--strip-metadata", *model))
+    for bare in (tmp_path / "bare.jpg", tmp_path / "out" / "a.jpg"):
+        with PIL.Image.open(bare) as out:
+            assert out.size == (16, 24) and not out.getexif() and "icc_profile" not in out.info
+
+
+def test_batch_attention_writes_overlays_beside_the_outputs(tmp_path: Path, model: list[str]) -> None:
+    for name in ("a.jpg", "sub/b.png"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(_pixels()).save(tmp_path / "in" / name)
+    assert_ok(run("batch", tmp_path / "in", "-o", tmp_path / "out", *model))
+    assert files_under(tmp_path / "out") == {"a.jpg", "sub/b.png"}
+    result = run("batch", tmp_path / "in", "-o", tmp_path / "out", "--attention", *model)
+    assert_ok(result)  # outputs without their overlay are redone, not skipped
+    assert "2 done, 0 skipped" in result.output
+    assert files_under(tmp_path / "out") == {"a.jpg", "a_overlay.png", "sub/b.png", "sub/b_overlay.png"}
+    with PIL.Image.open(tmp_path / "out" / "sub" / "b_overlay.png") as overlay:
+        assert overlay.mode == "RGB" and overlay.size == STORED
+    assert "0 done, 2 skipped" in run("batch", tmp_path / "in", "-o", tmp_path / "out", "--attention", *model).output
+
+
+def test_batch_attention_reports_an_overlay_name_taken_by_an_input(tmp_path: Path, model: list[str]) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "a_overlay.png"):
+        PIL.Image.fromarray(_pixels()).save(tmp_path / "in" / name)
+    result = run("batch", tmp_path / "in", "-o", tmp_path / "out", "--attention", *model)
+    assert result.exit_code == 1 and "its output a_overlay.png is already taken by a.png" in result.output
+
+
 def test_clean_a_folder_suggests_batch(tmp_path: Path, model: list[str]) -> None:
     (tmp_path / "my photos").mkdir()
     assert_fails(run("clean", tmp_path / "my photos", *model), 1, "is a folder", f"derain batch '{tmp_path}/my photos'")

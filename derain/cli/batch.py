@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..engine import Derainer
-from ..files import derained_image, find_images, same_file
-from ..imageio import Image, read_image, write_image
+from ..files import find_images, overlay_path_for, same_file, write_outputs
+from ..imageio import IMAGE_EXTENSIONS, Image, read_image
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -21,6 +21,7 @@ from .common import (
     console,
     friendly,
     load_derainer,
+    metadata_option,
     model_options,
     one_line,
     with_ext,
@@ -57,7 +58,13 @@ def _progress() -> Progress:
 
 
 def _run(
-    derainer: Derainer, jobs: list[tuple[Path, Path]], quality: int, max_pixels: int | None, summary: Summary
+    derainer: Derainer,
+    jobs: list[tuple[Path, Path]],
+    quality: int,
+    max_pixels: int | None,
+    summary: Summary,
+    overlays: bool = False,
+    keep_metadata: bool = True,
 ) -> None:
     """Derain each job; the next file is decoded and the last one encoded while the model runs."""
     writes: list[tuple[Path, Future]] = []
@@ -71,9 +78,11 @@ def _run(
                     reads.append(reader.submit(read_image, jobs[i + 1][0], max_pixels))
                 try:
                     image: Image = reads[i].result()
-                    restored = derainer.clean(image.rgb)
+                    result = derainer.run(image.rgb, with_attention=overlays)
                     dst.parent.mkdir(parents=True, exist_ok=True)
-                    writes.append((src, writer.submit(write_image, dst, derained_image(image, restored), quality)))
+                    overlay = overlay_path_for(dst) if overlays else None
+                    write = writer.submit(write_outputs, image, result, dst, quality, overlay, keep_metadata)
+                    writes.append((src, write))
                 except Exception as exc:  # one bad file never stops the batch
                     summary.failed.append((src, one_line(exc)))
                 reads[i] = None  # free the decoded image
@@ -100,13 +109,22 @@ def _run(
     help="Mirror of DIR with the cleaned images.  [default: DIR_derained beside DIR]",
 )
 @click.option("--overwrite", is_flag=True, help="Redo images whose output already exists (default: skip them).")
+@click.option(
+    "--attention",
+    "with_overlay",
+    is_flag=True,
+    help="Also write <name>_overlay.png beside each output: where the model found raindrops.",
+)
 @model_options
 @write_options
+@metadata_option
 @friendly
 def batch(
     input_dir: Path,
     output_dir: Path | None,
     overwrite: bool,
+    with_overlay: bool,
+    strip_metadata: bool,
     ext: str | None,
     quality: int,
     max_pixels: int | None,
@@ -116,12 +134,14 @@ def batch(
 
     The output folder mirrors DIR: same sub-folders and file names. Outputs that already
     exist are skipped, so an interrupted batch resumes where it stopped. A file that cannot
-    be read or written is reported and skipped; the exit code is 1 if any failed.
+    be read or written is reported and skipped; the exit code is 1 if any failed. Outputs
+    keep each photo's colour profile, EXIF, XMP and DPI (--strip-metadata drops them).
 
     \b
     Examples:
       derain batch dashcam/                   # writes dashcam_derained/…
       derain batch photos/ -o clean/ --ext png --overwrite
+      derain batch dashcam/ --attention       # also dashcam_derained/…/<name>_overlay.png
     """
     if not input_dir.is_dir():
         raise InputFailed(f"{input_dir}: no such folder")
@@ -132,25 +152,29 @@ def batch(
         )
     sources = list(find_images(input_dir, exclude=out_dir))
     if not sources:
-        raise InputFailed(f"{input_dir}: no images found (looked for jpg, jpeg, png, bmp, tif, tiff, webp)")
+        looked_for = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+        raise InputFailed(f"{input_dir}: no images found (looked for {looked_for})")
     summary = Summary()
     jobs, claimed = [], {}
     for src in sources:
         dst = with_ext(out_dir / src.relative_to(input_dir), ext)
-        if dst in claimed:  # e.g. a.jpg and a.png with --ext png
-            summary.failed.append((src, f"its output {dst.name} is already taken by {claimed[dst].name}"))
-        elif dst.exists() and not overwrite:
+        outputs = [dst, overlay_path_for(dst)] if with_overlay else [dst]
+        taken = next((out for out in outputs if out in claimed), None)
+        if taken is not None:  # e.g. a.jpg and a.png with --ext png
+            summary.failed.append((src, f"its output {taken.name} is already taken by {claimed[taken].name}"))
+        elif all(out.exists() for out in outputs) and not overwrite:
             summary.skipped += 1
         else:
             jobs.append((src, dst))
-        claimed.setdefault(dst, src)
+        for out in outputs:
+            claimed.setdefault(out, src)
     if jobs:
         derainer = load_derainer(**model)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputFailed(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
-        _run(derainer, jobs, quality, max_pixels, summary)
+        _run(derainer, jobs, quality, max_pixels, summary, with_overlay, keep_metadata=not strip_metadata)
     summary.report()
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)

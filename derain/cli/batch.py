@@ -5,18 +5,22 @@ from __future__ import annotations
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .. import distributed
 from ..engine import Derainer
-from ..files import find_images, overlay_path_for, same_file, write_outputs
+from ..files import overlay_path_for, write_outputs
 from ..imageio import IMAGE_EXTENSIONS, Image, read_image
+from ..stores import Store, is_uri
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    BadSetup,
     InputFailed,
     console,
     friendly,
@@ -100,12 +104,64 @@ def _run(
                 summary.failed.append((src, one_line(exc)))
 
 
+def _make_folder(target: Store) -> None:
+    """Create a local output folder up front (an object store needs none)."""
+    if target.remote:
+        return
+    try:
+        Path(target.root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFailed(f"{target}: cannot create the output folder ({exc.strerror})") from None
+
+
+def _require_ray() -> None:
+    """A one-line hint (exit 2) where Ray is not installed."""
+    try:
+        distributed.require_ray()
+    except ImportError as exc:
+        raise BadSetup(str(exc)) from None
+
+
+def _run_ray(
+    jobs: list[tuple[PurePath, PurePath]],
+    source: Store,
+    target: Store,
+    step: distributed.Step,
+    address: str | None,
+    workers: int | None,
+    model: dict[str, str],
+    summary: Summary,
+) -> None:
+    """The same jobs on Ray actors; files are named and failures listed as the local engine does."""
+    weights = model.get("weights")
+    if weights and Path(weights).exists():  # the actors run in other folders, maybe on other machines
+        model = {**model, "weights": str(Path(weights).absolute())}
+    native = [(source.native(src), target.native(dst)) for src, dst in jobs]
+    failed: dict[int, str] = {}
+    results = distributed.run(native, source.fs, target.fs, model, step, address, workers)
+    with _progress() as progress:
+        task = progress.add_task("Deraining on Ray", total=len(jobs), file="")
+        try:
+            for i, reason in results:
+                src, dst = jobs[i]
+                if reason is None:
+                    summary.done += 1
+                else:
+                    failed[i] = reason.replace(native[i][0], source.uri(src)).replace(native[i][1], target.uri(dst))
+                progress.update(task, advance=1, file=src.name)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            results.close()  # stops the Ray job (and a Ray started for it)
+    summary.failed += [(jobs[i][0], failed[i]) for i in sorted(failed)]
+
+
 @click.command()
-@click.argument("input_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("input_dir", metavar="DIR")
 @click.option(
     "-o",
     "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    metavar="OUTDIR",
     help="Mirror of DIR with the cleaned images.  [default: DIR_derained beside DIR]",
 )
 @click.option("--overwrite", is_flag=True, help="Redo images whose output already exists (default: skip them).")
@@ -115,16 +171,38 @@ def _run(
     is_flag=True,
     help="Also write <name>_overlay.png beside each output: where the model found raindrops.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process. ray: actors on a Ray cluster (or a local Ray), which also reads s3://… folders.",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    metavar="ADDR",
+    help="Ray cluster to join, e.g. ray://head:10001 or auto.  [default: $RAY_ADDRESS, else a local Ray]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N Ray actors (each loads the model once).  [default: one per GPU, else one per node]",
+)
 @model_options
 @write_options
 @metadata_option
 @friendly
 def batch(
-    input_dir: Path,
-    output_dir: Path | None,
+    input_dir: str,
+    output_dir: str | None,
     overwrite: bool,
     with_overlay: bool,
     strip_metadata: bool,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
     ext: str | None,
     quality: int,
     max_pixels: int | None,
@@ -137,43 +215,55 @@ def batch(
     be read or written is reported and skipped; the exit code is 1 if any failed. Outputs
     keep each photo's colour profile, EXIF, XMP and DPI (--strip-metadata drops them).
 
+    With --engine ray the same work runs on Ray actors: a local Ray on this machine, or the
+    cluster at --ray-address; DIR and OUTDIR may then be object-store URIs (s3://bucket/prefix).
+
     \b
     Examples:
       derain batch dashcam/                   # writes dashcam_derained/…
       derain batch photos/ -o clean/ --ext png --overwrite
       derain batch dashcam/ --attention       # also dashcam_derained/…/<name>_overlay.png
+      derain batch s3://fleet/frames -o s3://fleet/clean --engine ray --ray-address auto
     """
-    if not input_dir.is_dir():
+    if engine == "ray":
+        _require_ray()
+    elif is_uri(input_dir) or is_uri(output_dir):
+        raise BadSetup("object-store folders (s3://…) need --engine ray")
+    elif workers or click.get_current_context().get_parameter_source("ray_address") is ParameterSource.COMMANDLINE:
+        raise BadSetup("--workers and --ray-address need --engine ray")
+    source = Store.at(input_dir)
+    target = Store.at(output_dir) if output_dir else source.sibling()
+    if not source.is_dir():
         raise InputFailed(f"{input_dir}: no such folder")
-    out_dir = output_dir or input_dir.resolve().with_name(input_dir.resolve().name + "_derained")  # also for . and ..
-    if same_file(input_dir, out_dir):
+    if source.same_as(target):
         raise InputFailed(
-            f"{out_dir}: the output folder must differ from the input folder (inputs are never overwritten)"
+            f"{target}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
-    sources = list(find_images(input_dir, exclude=out_dir))
+    sources = source.images(exclude=target)
     if not sources:
         looked_for = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
         raise InputFailed(f"{input_dir}: no images found (looked for {looked_for})")
     summary = Summary()
     jobs, claimed = [], {}
     for src in sources:
-        dst = with_ext(out_dir / src.relative_to(input_dir), ext)
+        dst = with_ext(target.root / src.relative_to(source.root), ext)
         outputs = [dst, overlay_path_for(dst)] if with_overlay else [dst]
         taken = next((out for out in outputs if out in claimed), None)
         if taken is not None:  # e.g. a.jpg and a.png with --ext png
             summary.failed.append((src, f"its output {taken.name} is already taken by {claimed[taken].name}"))
-        elif all(out.exists() for out in outputs) and not overwrite:
+        elif all(target.exists(out) for out in outputs) and not overwrite:
             summary.skipped += 1
         else:
             jobs.append((src, dst))
         for out in outputs:
             claimed.setdefault(out, src)
-    if jobs:
+    if jobs and engine == "ray":
+        _make_folder(target)
+        step = distributed.Step(quality, max_pixels, with_overlay, keep_metadata=not strip_metadata)
+        _run_ray(jobs, source, target, step, ray_address, workers, model, summary)
+    elif jobs:
         derainer = load_derainer(**model)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputFailed(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+        _make_folder(target)
         _run(derainer, jobs, quality, max_pixels, summary, with_overlay, keep_metadata=not strip_metadata)
     summary.report()
     if summary.interrupted:

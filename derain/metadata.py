@@ -43,6 +43,7 @@ _LAYOUT_TAGS |= frozenset({700, 33723, 34377, 34675})
 # copyright): what a 16-bit colour TIFF keeps of the EXIF.
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 316, 33432)
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[2-8]')
+_JPEG_SEGMENT = 65533  # EXIF and XMP must each fit one JPEG segment (XMP after its 29-byte namespace)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ def pillow_options(metadata: Metadata | None, fmt: str) -> dict[str, Any]:
         "exif": "exif" in keeps and metadata.exif and b"Exif\0\0" + metadata.exif,
         "xmp": "xmp" in keeps and metadata.xmp,
     }
-    options = {key: value for key, value in wanted.items() if value}
+    # A block too large for one JPEG segment (from a PNG or TIFF) is left out rather than cost the photo.
+    limits = {"exif": _JPEG_SEGMENT, "xmp": _JPEG_SEGMENT - 29} if fmt == "JPEG" else {}
+    options = {key: value for key, value in wanted.items() if value and len(value) <= limits.get(key, len(value))}
     if fmt == "PNG" and "xmp" in options:  # Pillow writes PNG's XMP only as an iTXt text chunk
         options["pnginfo"] = PngImagePlugin.PngInfo()
         options["pnginfo"].add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"))

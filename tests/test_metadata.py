@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import PIL.Image
 import PIL.ImageFile
+import PIL.PngImagePlugin
 import pytest
 import tifffile
 from PIL import ExifTags, ImageCms, features
@@ -160,6 +161,24 @@ def test_16bit_colour_png_keeps_profile_and_exif(tmp_path: Path) -> None:
     write_image(tmp_path / "out.png", Image(np.rot90(_pixels(np.uint16), -1).copy(), metadata=metadata))
     assert read_image(tmp_path / "out.png").rgb.dtype == np.uint16
     assert_kept(tmp_path / "out.png", KEEPS["16-bit colour PNG"])
+
+
+def test_xmp_too_large_for_jpeg_is_left_out_not_the_photo(tmp_path: Path) -> None:
+    src = tmp_path / "edited.png"
+    big = XMP.replace(b"</rdf:RDF>", b"<!--" + b"history " * 9000 + b"--></rdf:RDF>")  # 72 kB: over a JPEG segment
+    PIL.Image.fromarray(_pixels()).save(src, icc_profile=ICC, exif=_exif(), pnginfo=_png_xmp(big))
+    image = read_image(src)
+    assert image.metadata.xmp == big.replace(b'Orientation="6"', b'Orientation="1"')
+    write_image(tmp_path / "out.jpg", image)
+    write_image(tmp_path / "out.png", image)
+    assert_kept(tmp_path / "out.jpg", KEEPS["JPEG"] - {"xmp", "dpi"})
+    assert_kept(tmp_path / "out.png", KEEPS["PNG"] - {"dpi"})
+
+
+def _png_xmp(xmp: bytes) -> PIL.PngImagePlugin.PngInfo:
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
 
 
 def test_8bit_tiff_keeps_exif_sub_ifds_and_xmp(tmp_path: Path, derainer: Derainer) -> None:

@@ -300,6 +300,12 @@ def test_clean_a_folder_suggests_batch(tmp_path: Path, model: list[str]) -> None
     assert_fails(run("clean", tmp_path / "my photos", *model), 1, "is a folder", f"derain batch '{tmp_path}/my photos'")
 
 
+def test_clean_makes_the_output_folder(tmp_path: Path, model: list[str]) -> None:
+    src = _phone_jpeg(tmp_path / "a.jpg")
+    assert_ok(run("clean", src, "-o", tmp_path / "new" / "sub" / "out.jpg", *model))
+    assert_kept(tmp_path / "new" / "sub" / "out.jpg")
+
+
 def test_broken_weights_file_says_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "gen.pkl").write_bytes(b"hello, world\n")
     src = tmp_path / "a.png"

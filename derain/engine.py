@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fusion import DEFAULT_RADIUS
 from .model import SIZE_MULTIPLE, Generator
 from .tiling import Tile, plan_tiles
 from .weights import load_weights
@@ -156,6 +157,18 @@ class Derainer:
     def attention(self, image: np.ndarray) -> list[np.ndarray]:
         """The N raindrop attention maps, float32 H×W clamped to [0, 1] (later = more refined)."""
         return self.run(image, with_attention=True).attention
+
+    def clean_frames(
+        self, frames: Iterable[np.ndarray], fuse: bool = True, window: int = DEFAULT_RADIUS
+    ) -> Iterator[np.ndarray]:
+        """Clean a stream of video frames (H×W×3 RGB), one out per frame in, in order.
+
+        With ``fuse``, pixels a drop hides are taken from the ``window`` frames on each side
+        where those saw them clearly (see :mod:`derain.fusion`); only a window of frames is held.
+        """
+        from .frames import derain_frames  # frames builds on this module
+
+        return derain_frames(self, frames, fuse, window)
 
     def run(self, image: np.ndarray, with_attention: bool = False) -> Restoration:
         """Clean an image and, optionally, return the attention maps from the same pass."""

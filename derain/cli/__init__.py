@@ -12,6 +12,7 @@ from .clean import clean
 from .eval_cmd import eval_cmd
 from .synth_cmd import synth_cmd
 from .train_cmd import train_cmd
+from .video_cmd import synth_video_cmd, video_cmd
 from .weights_cmd import weights_cmd
 
 EPILOG = """\b
@@ -29,6 +30,7 @@ def main() -> None:
     Quick start:
       derain clean rainy.jpg                  # → rainy_derained.jpg
       derain batch footage/ -o clean/         # a whole tree, resumable
+      derain video dashcam.mp4                # → dashcam_derained.mp4, audio kept
       derain attention rainy.jpg              # where the model sees raindrops
 
     Runs on CUDA (fp16) when present, else on the CPU (bf16 where supported). Run
@@ -36,5 +38,16 @@ def main() -> None:
     """
 
 
-for command in (clean, batch, attention, weights_cmd, synth_cmd, train_cmd, eval_cmd, bench_cmd):
+for command in (
+    clean,
+    batch,
+    video_cmd,
+    attention,
+    weights_cmd,
+    synth_cmd,
+    synth_video_cmd,
+    train_cmd,
+    eval_cmd,
+    bench_cmd,
+):
     main.add_command(command)

@@ -17,6 +17,7 @@ from ..engine import Derainer
 from ..files import overlay_path_for, write_outputs
 from ..imageio import IMAGE_EXTENSIONS, Image, read_image
 from ..stores import Store, is_uri
+from ..video import count_videos
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -214,6 +215,7 @@ def batch(
     exist are skipped, so an interrupted batch resumes where it stopped. A file that cannot
     be read or written is reported and skipped; the exit code is 1 if any failed. Outputs
     keep each photo's colour profile, EXIF, XMP and DPI (--strip-metadata drops them).
+    Video files are skipped with a note: clean them with `derain video`.
 
     With --engine ray the same work runs on Ray actors: a local Ray on this machine, or the
     cluster at --ray-address; DIR and OUTDIR may then be object-store URIs (s3://bucket/prefix).
@@ -240,6 +242,9 @@ def batch(
             f"{target}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
     sources = source.images(exclude=target)
+    videos = 0 if source.remote else count_videos(Path(source.root))
+    if videos:  # each needs its own settings and progress: `derain video`
+        console.print(f"[yellow]note[/]: skipping {videos} video file(s); clean them with `derain video`")
     if not sources:
         looked_for = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
         raise InputFailed(f"{input_dir}: no images found (looked for {looked_for})")

@@ -9,7 +9,9 @@ import click
 from rich.table import Table
 
 from ..evaluate import ImageScore, evaluate
+from ..fusion import DEFAULT_RADIUS
 from .common import InputFailed, console, friendly, load_derainer, model_options
+from .video_cmd import eval_video
 
 
 @click.command("eval")
@@ -26,9 +28,15 @@ from .common import InputFailed, console, friendly, load_derainer, model_options
     type=click.Path(path_type=Path, dir_okay=False),
     help='Also write {"mean_psnr", "mean_ssim", "attention_iou", "images": [{"name", "psnr", "ssim", …}, …]}.',
 )
+@click.option(
+    "--video",
+    is_flag=True,
+    help="ROOT holds clips (as `derain synth-video` writes): score temporal fusion against per-frame, and flicker.",
+)
+@click.option("--window", default=DEFAULT_RADIUS, show_default=True, type=click.IntRange(0, 8), help="With --video.")
 @model_options
 @friendly
-def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model: str) -> None:
+def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: bool, window: int, **model: str) -> None:
     """Score deraining on pairs in the Raindrop layout with the paper's protocol.
 
     Images are cropped to multiples of 4; PSNR and SSIM (7×7 window) are computed on the Y
@@ -41,12 +49,17 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, **model:
     Examples:
       derain eval test_a/                     # run the shipped model on test_a/data
       derain eval test_a/ --pred results/ --json scores.json
+      derain eval clips/ --video              # clips from `derain synth-video`
     """
     for folder in (root, pred_dir):
         if folder is not None and not folder.is_dir():
             raise InputFailed(f"{folder}: no such folder")
     if json_path:  # before the long part, so a bad path fails at once
         json_path.parent.mkdir(parents=True, exist_ok=True)
+    if video:
+        if pred_dir:
+            raise click.UsageError("--video runs the model; it does not take --pred")
+        return eval_video(root, load_derainer(**model), window, json_path)
     derainer = None if pred_dir else load_derainer(**model)
     rows: list[list[str]] = []
 

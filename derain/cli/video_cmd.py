@@ -1,0 +1,219 @@
+"""derain video (clean a clip) and derain synth-video (render clips to measure it on)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..engine import Derainer
+from ..fusion import DEFAULT_RADIUS
+from ..synth import RENDERER_VERSION, list_photos
+from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
+from ..video_eval import ClipScore, evaluate_clips
+from ..video_synth import MOTIONS, synthesize_clips
+from .common import BadSetup, InputFailed, console, friendly, load_derainer, model_options
+from .synth_cmd import parse_size
+
+
+def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Seconds from '90', '1:30' or '0:01:30.5'."""
+    if value is None:
+        return None
+    try:
+        seconds = 0.0
+        for part in value.split(":"):
+            seconds = seconds * 60 + float(part)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a time like 90, 1:30 or 0:01:30.5") from None
+    if seconds < 0 or value.count(":") > 2:
+        raise click.BadParameter(f"'{value}' is not a time like 90, 1:30 or 0:01:30.5")
+    return seconds
+
+
+@click.command("video")
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write.  [default: IN's folder, <stem><suffix>.mp4|.mov|.mkv]",
+)
+@click.option("--suffix", default="_derained", show_default=True, help="Added to the name when -o is not given.")
+@click.option("--per-frame", is_flag=True, help="Clean each frame alone (no temporal fusion).")
+@click.option(
+    "--window",
+    default=DEFAULT_RADIUS,
+    show_default=True,
+    type=click.IntRange(0, 8),
+    help="Frames on each side that may show what a drop hides (0 = per frame).",
+)
+@click.option("--codec", default=DEFAULT_CODEC, show_default=True, help="Video encoder (any FFmpeg offers).")
+@click.option(
+    "--crf",
+    default=DEFAULT_CRF,
+    show_default=True,
+    type=click.IntRange(0, 51),
+    help="Constant quality for libx264/libx265: lower is better; 17 is visually lossless.",
+)
+@click.option("--start", callback=parse_time, metavar="TIME", help="Begin here (seconds, or M:SS, H:MM:SS).")
+@click.option("--end", callback=parse_time, metavar="TIME", help="Stop here (exclusive).")
+@model_options
+@friendly
+def video_cmd(
+    input_path: Path,
+    output: Path | None,
+    suffix: str,
+    per_frame: bool,
+    window: int,
+    codec: str,
+    crf: int,
+    start: float | None,
+    end: float | None,
+    **model: str,
+) -> None:
+    """Remove raindrops from a video, using the frames around each frame.
+
+    Drops stay put on the glass while the scene moves behind them: where a drop hides
+    something in one frame, a neighbouring frame that saw it clearly lends its pixels
+    (optical flow, on by default). Frame count, frame rate, timestamps, size, colour tags and
+    rotation are kept; audio and subtitles are copied untouched; video is encoded as H.264.
+    Anything FFmpeg reads works (mp4, mov, mkv, avi, webm …).
+
+    \b
+    Examples:
+      derain video dashcam.mp4                # writes dashcam_derained.mp4
+      derain video drone.mov -o clean.mov --start 1:00 --end 1:30
+      derain video robot.mkv --per-frame --crf 20 --device cuda
+    """
+    dst = output or video_output_path(input_path, suffix)
+    try:
+        info = probe(input_path, start, end)
+    except ImportError as exc:
+        raise BadSetup(str(exc)) from None
+    for note in info.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+    derainer = load_derainer(**model)
+    fuse = not per_frame and window > 0
+    mode = f"fusing ±{window} frames" if fuse else "frame by frame"
+    copied = f", copying {', '.join(info.copied)}" if info.copied else ""
+    console.print(f"{info.width}×{info.height} at {float(info.fps):.3g} fps, {mode}{copied}", highlight=False)
+    with Progress(
+        TextColumn("[bold]Deraining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TextColumn("{task.fields[fps]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        speed_estimate_period=3600,  # frames leave in bursts (batches, fusion window): average the whole run
+    ) as progress:
+        task = progress.add_task("video", total=info.frames or None, fps="")
+
+        def advance(count: int) -> None:
+            elapsed = progress.tasks[0].elapsed
+            progress.update(task, completed=count, fps=f"{count / elapsed:.2f} fps" if elapsed else "")
+
+        written = clean_video(
+            derainer,
+            input_path,
+            dst,
+            fuse=fuse,
+            radius=window,
+            codec=codec,
+            crf=crf,
+            start=start,
+            end=end,
+            on_frame=advance,
+        )
+    console.print(f"[green]✓[/] {escape(str(dst))} ({written} frames)", soft_wrap=True)
+
+
+@click.command("synth-video")
+@click.argument("clean_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder to create: one sub-folder per clip (data/, gt/, mask/, clip.json).",
+)
+@click.option("--count", "-n", default=8, show_default=True, type=click.IntRange(min=1), help="Clips to render.")
+@click.option("--frames", default=12, show_default=True, type=click.IntRange(min=2), help="Frames per clip.")
+@click.option("--size", default="320x240", show_default=True, callback=parse_size, help="WIDTHxHEIGHT of the frames.")
+@click.option(
+    "--motion",
+    default="moving",
+    show_default=True,
+    type=click.Choice(MOTIONS),
+    help="moving: pan, zoom and shake; static: a camera that holds still.",
+)
+@click.option("--seed", default=0, show_default=True, help="Same seed, same photos: the same clips.")
+@click.option(
+    "--split",
+    default="all",
+    show_default=True,
+    type=click.Choice(["all", "train", "val"]),
+    help="Use only the photos of the stable 90/10 split by file name (as `derain synth`).",
+)
+@friendly
+def synth_video_cmd(
+    clean_dir: Path, output: Path, count: int, frames: int, size: tuple[int, int], motion: str, seed: int, split: str
+) -> None:
+    """Render rainy clips with ground truth: a camera moving over a clean photo behind drops fixed on the glass.
+
+    Each clip is OUT/<i>/ in the Raindrop layout (data/<t>_rain.png, gt/<t>_clean.png,
+    mask/<t>_mask.png) with clip.json (photo, camera path, seed). Score them with
+    `derain eval OUT --video`.
+
+    \b
+    Examples:
+      derain synth-video photos/ -o clips/ --count 8 --split val
+      derain synth-video photos/ -o clips_static/ --motion static --seed 1
+    """
+    photos = list_photos(clean_dir, split) if clean_dir.is_dir() else []
+    if not photos:
+        raise InputFailed(f"{clean_dir}: no photos found (split '{split}')")
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"Rendering clips (renderer v{RENDERER_VERSION})", total=count)
+        synthesize_clips(
+            photos, output, count, size, frames, motion, seed=seed, on_clip=lambda i: progress.advance(task)
+        )
+    console.print(f"[green]✓[/] {count} clips of {frames} frames from {len(photos)} photos in {escape(str(output))}")
+
+
+def eval_video(root: Path, derainer: Derainer, window: int, json_path: Path | None) -> None:
+    """`derain eval --video`: fused and per-frame scores and flicker of every clip under ROOT."""
+    table = Table("clip", "frames", "PSNR fused", "PSNR per-frame", "PSNR input", "SSIM fused", "SSIM per-frame")
+    table.add_column("flicker fused / per-frame / truth")
+
+    def add(c: ClipScore) -> None:
+        table.add_row(*_row(c))
+
+    with console.status("Scoring clips…"):
+        report = evaluate_clips(root, derainer, window, on_clip=add)
+    table.add_section()
+    mean = report.mean
+    table.add_row(*(f"[bold]{cell}" for cell in _row(mean)))
+    console.print(table)
+    console.print(
+        f"{len(report.clips)} clips: fusion (±{window} frames) {mean.psnr - mean.per_frame_psnr:+.2f} dB over "
+        f"per-frame ({mean.psnr:.2f} vs {mean.per_frame_psnr:.2f} dB; input {mean.input_psnr:.2f}); flicker "
+        f"{mean.flicker:.2f} vs {mean.per_frame_flicker:.2f} (ground truth {mean.gt_flicker:.2f})"
+    )
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def _row(c: ClipScore) -> list[str]:
+    scores = [f"{v:.2f}" for v in (c.psnr, c.per_frame_psnr, c.input_psnr)] + [
+        f"{c.ssim:.4f}",
+        f"{c.per_frame_ssim:.4f}",
+    ]
+    return [c.name, str(c.frames), *scores, f"{c.flicker:.2f} / {c.per_frame_flicker:.2f} / {c.gt_flicker:.2f}"]

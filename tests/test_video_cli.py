@@ -1,0 +1,38 @@
+"""The video commands without PyAV, and derain batch leaving video files to `derain video`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from derain.cli import main
+from derain.imageio import Image, write_image
+
+
+def test_missing_pyav_is_a_one_line_hint(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now fails, as without the extra
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    result = CliRunner().invoke(main, ["video", str(tmp_path / "clip.mp4"), "-w", str(tiny_weights)])
+    assert result.exit_code == 2
+    assert 'pip install "derain[video]"' in result.output and "Traceback" not in result.output
+
+
+def test_batch_says_it_skips_videos(tmp_path: Path, tiny_weights: Path) -> None:
+    tree = tmp_path / "footage"
+    (tree / "day1").mkdir(parents=True)
+    (tree / "day1" / "drive.MP4").write_bytes(b"\x00" * 64)
+    args = ["batch", str(tree), "-w", str(tiny_weights), "--device", "cpu"]
+
+    only_videos = CliRunner().invoke(main, args)
+    assert only_videos.exit_code == 1
+    assert "skipping 1 video file(s)" in only_videos.output and "derain video" in only_videos.output
+
+    write_image(tree / "frame.png", Image(rgb=np.zeros((16, 16, 3), np.uint8), alpha=None, grayscale=False))
+    mixed = CliRunner().invoke(main, args)
+    assert mixed.exit_code == 0, mixed.output
+    assert "skipping 1 video file(s)" in mixed.output
+    assert (tmp_path / "footage_derained" / "frame.png").is_file()
+    assert not (tmp_path / "footage_derained" / "day1").exists()

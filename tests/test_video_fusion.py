@@ -1,0 +1,89 @@
+"""Temporal fusion and the flicker figure, on synthetic frames with known motion (no video files)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from derain.engine import Derainer
+from derain.frames import _run_batch, derain_frames
+from derain.fusion import fuse
+from derain.video_eval import consecutive_flows, flicker
+
+SHIFT = 3  # pixels the scene moves left per frame
+
+
+def textured_scene(width: int, height: int) -> np.ndarray:
+    """A smooth random texture that optical flow can lock onto."""
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def panning(frames: int, width: int = 96, height: int = 72) -> list[np.ndarray]:
+    scene = textured_scene(width + SHIFT * frames, height)
+    return [np.ascontiguousarray(scene[:, SHIFT * t : SHIFT * t + width]) for t in range(frames)]
+
+
+def test_fusion_recovers_a_patch_a_neighbour_saw() -> None:
+    truth = panning(5)
+    patch = (slice(30, 42), slice(40, 52))  # a "drop" fixed on the glass
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[patch] = 1.0
+    damaged = [f.copy() for f in truth]
+    damaged[2][patch] = 128  # only the middle frame's output is wrong under the drop
+
+    fused = list(fuse([(f, attention) for f in damaged], radius=2))
+
+    assert len(fused) == 5
+    before = np.abs(damaged[2][patch].astype(int) - truth[2][patch]).mean()
+    after = np.abs(fused[2][patch].astype(int) - truth[2][patch]).mean()
+    assert before > 30 and after < before / 4
+
+
+def test_fusion_changes_nothing_without_drops_or_without_motion() -> None:
+    frames = panning(4)
+    clear = np.zeros(frames[0].shape[:2], np.float32)
+    assert all(np.array_equal(a, b) for a, b in zip(fuse([(f, clear) for f in frames]), frames))
+
+    still = [frames[0]] * 4
+    covered = np.ones_like(clear)  # the same drops over the same scene in every frame: nothing to gain
+    assert all(np.abs(a.astype(int) - still[0]).max() <= 1 for a in fuse([(f, covered) for f in still]))
+
+
+def test_fusion_radius_zero_is_per_frame_and_rejects_negative() -> None:
+    frames = panning(3)
+    att = np.ones(frames[0].shape[:2], np.float32)
+    assert all(a is b for a, b in zip(fuse([(f, att) for f in frames], radius=0), frames))
+    with pytest.raises(ValueError, match="radius"):
+        list(fuse([(frames[0], att)], radius=-1))
+
+
+def test_flicker_is_zero_for_a_steady_clip_and_measures_a_brightness_jump() -> None:
+    frames = panning(4)
+    flows = consecutive_flows(frames)
+    assert flicker(frames, flows) < 0.5  # the camera moves, but nothing flickers
+    still = [np.full((48, 64, 3), 100, np.uint8), np.full((48, 64, 3), 110, np.uint8)] * 2
+    zero = [np.zeros((48, 64, 2), np.float32)] * 3
+    assert flicker(still, zero) == pytest.approx(10.0, abs=0.01)
+    assert flicker(still[:1], []) == 0.0
+
+
+def test_batched_frames_match_one_at_a_time(tiny_weights) -> None:
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32")
+    frames = panning(3, 66, 50)  # not a multiple of 4: padded and cropped back
+    batched = _run_batch(derainer, frames)
+    for frame, result in zip(frames, batched):
+        alone = derainer.run(frame, with_attention=True)
+        assert np.abs(result.image.astype(int) - alone.image).max() <= 1
+        assert np.allclose(result.attention[-1], alone.attention[-1], atol=1e-4)
+
+
+def test_clean_frames_yields_one_frame_per_input(tiny_weights) -> None:
+    derainer = Derainer(tiny_weights, device="cpu")
+    frames = panning(4, 64, 48)
+    fused = list(derainer.clean_frames(iter(frames)))
+    single = list(derain_frames(derainer, frames, fuse_frames=False))
+    assert len(fused) == len(single) == 4
+    assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in fused)

@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 
 from . import optics
-from .imageio import is_image_path
+from .imageio import is_image_path, read_image
+from .visualize import to_uint8
 
 RENDERER_VERSION = "3"
 
@@ -455,11 +456,8 @@ def render_samples(
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         index = int(rng.integers(len(photos)))
-        if index not in cache:
-            bgr = cv2.imread(str(photos[index]), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(f"cannot read photo {photos[index]}")
-            cache[index] = bgr[..., ::-1]
+        if index not in cache:  # upright, 8-bit RGB, whatever the file's format (HEIC too)
+            cache[index] = to_uint8(read_image(photos[index], max_pixels=None).rgb)
         yield make_triple(cache[index], size, rng, cfg)
 
 

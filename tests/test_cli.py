@@ -656,6 +656,16 @@ def test_synth_writes_the_raindrop_layout_reproducibly(tmp_path: Path, rng: np.r
     assert digest(tmp_path / "one") != digest(tmp_path / "three")
 
 
+def test_synth_preview_writes_one_contact_sheet(tmp_path: Path, rng: np.random.Generator) -> None:
+    photo(tmp_path / "clean" / "a.png", rng, 72, 96)
+    sheet = tmp_path / "look" / "renders.png"
+    assert_ok(run("synth", tmp_path / "clean", "-o", sheet, "--preview", "6", "--size", "64x48"))
+    assert read(sheet).shape == (2 * 270, 4 * 360, 3), "6 thumbnails, 4 to a row"
+    assert files_under(tmp_path / "look") == {"renders.png"}
+    result = run("synth", tmp_path / "clean", "-o", tmp_path / "renders.txt", "--preview", "2")
+    assert_fails(result, 2, ".png or .jpg", one_line=False)
+
+
 @pytest.mark.parametrize("size", ["64by48", "64x", "8x8", "64x48x3"])
 def test_synth_bad_size(tmp_path: Path, rng: np.random.Generator, size: str) -> None:
     photo(tmp_path / "clean" / "a.png", rng)
@@ -675,7 +685,7 @@ def test_synth_unreadable_photo(tmp_path: Path) -> None:
     (tmp_path / "clean").mkdir()
     _text(tmp_path / "clean" / "fake.jpg")
     result = run("synth", tmp_path / "clean", "-o", tmp_path / "out", "--count", "1")
-    assert_fails(result, 1, "cannot read photo", "fake.jpg", one_line=False)  # after the progress bar
+    assert_fails(result, 1, "fake.jpg: not a readable image", one_line=False)  # after the progress bar
 
 
 # --- eval ---------------------------------------------------------------------------------------
@@ -766,6 +776,22 @@ def test_train_from_weights_then_warm_restart(tmp_path: Path, rng: np.random.Gen
     weights = derainer.weights_info
     assert weights.meta["trained_steps"] == 2 and weights.config.rnn_width == 4
     assert weights.config.steps == 3 and len(derainer.attention(np.zeros((8, 8, 3), np.uint8))) == 3
+
+
+def test_train_unpaired_adapts_weights_to_real_photos(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights: Path
+) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    photo(tmp_path / "mine" / "frame_1.png", rng)
+    options = ["--steps", "2", "--batch", "1", "--patch", "16", "--warmup", "0", "--init", tiny_weights]
+    result = run("train", tmp_path / "set", "-o", tmp_path / "run", "--unpaired", tmp_path / "mine", *options)
+    assert_ok(result)
+    assert "gan_real" in result.stderr, "the outputs on the real photos meet the discriminator"
+    meta = Derainer(tmp_path / "run" / "final.safetensors", device="cpu").weights_info.meta
+    assert meta["train_config"]["gan_weight"] == 0.01 and meta["train_config"]["unpaired_dir"].endswith("mine")
+    (tmp_path / "none").mkdir()
+    assert_fails(run("train", tmp_path / "set", "-o", tmp_path / "r2", "--unpaired", tmp_path / "none"), 1, "no photos")
+    assert not (tmp_path / "r2").exists()
 
 
 def test_train_missing_data(tmp_path: Path) -> None:

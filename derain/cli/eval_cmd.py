@@ -82,6 +82,11 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
         f"({gain:+.2f} dB over the input), SSIM {report.mean_ssim:.4f}"
         + ("" if iou is None else f", attention IoU {iou:.3f} (pooled over masked images)")
     )
+    if report.drop_free_psnr:
+        mean, worst = report.drop_free_psnr
+        console.print(
+            f"{len(report.drop_free)} drop-free image(s): output {mean:.2f} dB from the input (worst {worst:.2f} dB)"
+        )
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
 

@@ -183,7 +183,7 @@ def _run_ray(
     "--ray-address",
     envvar="RAY_ADDRESS",
     metavar="ADDR",
-    help="Ray cluster to join, e.g. ray://head:10001 or auto.  [default: $RAY_ADDRESS, else a local Ray]",
+    help="Ray cluster to join: auto (from a cluster node) or HEAD:6379.  [default: $RAY_ADDRESS, else a local Ray]",
 )
 @click.option(
     "--workers",

@@ -1,23 +1,37 @@
-"""Speed and memory of the engine: default settings against plain fp32, on a synthetic photo."""
+"""Speed and memory of the engine on a synthetic photo: against plain fp32, against the
+hardware's own convolution speed measured in the same run, and optionally against onnxruntime."""
 
 from __future__ import annotations
 
+import functools
+import math
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import Derainer
+from .engine import Derainer, _pad_to_multiple
 from .metrics import psnr
+from .model import SIZE_MULTIPLE
+
+T = TypeVar("T")
 
 #: Above this many pixels the fp32 reference is tiled too: untiled it would need tens of GB.
 UNTILED_REFERENCE_LIMIT = 4_000_000
 #: Side of the probe image whose FLOPs are counted and scaled to a megapixel (cost is linear).
 FLOP_PROBE = 128
+#: The model's own 3×3 convolution shapes, (channels, scale): the recurrent net's width at full
+#: size and the autoencoder's widest layers at a quarter; the faster one is the "conv peak".
+PEAK_SHAPES = ((32, 1), (256, 4))
+#: Seconds per timed batch of peak convolutions: long enough to time, short enough not to wait.
+PEAK_SECONDS = 0.3
 
 
 @dataclass
@@ -31,6 +45,8 @@ class BenchRow:
     mp_per_second: float
     peak_memory_mb: float
     """Peak process RSS on CPU, peak allocated memory on CUDA, while this row ran."""
+    gflops: float = 0.0
+    """Achieved model arithmetic, GFLOP/s."""
 
 
 def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -67,32 +83,38 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_derainer(name: str, derainer: Derainer, image: np.ndarray, repeat: int) -> tuple[BenchRow, np.ndarray]:
-    """Best of ``repeat`` timed runs after one warm-up; returns the row and the output."""
-    # Warm-up: oneDNN builds its kernels per input shape, so warm up on the shapes timed below.
-    warm = image if image.shape[0] * image.shape[1] <= UNTILED_REFERENCE_LIMIT else image[:1024, :1024]
-    out = derainer.clean(warm)
-    _reset_peak(derainer.device)
+def _best_time(run: Callable[[], T], repeat: int, device: torch.device) -> tuple[float, T]:
+    """Best wall time of ``repeat`` calls of ``run`` (already warmed up), and the last result."""
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        out = derainer.clean(image)
-        if derainer.device.type == "cuda":
-            torch.cuda.synchronize(derainer.device)
+        result = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _row(name: str, settings: tuple[str, str, str], seconds: float, image: np.ndarray, flops_per_mp: float) -> BenchRow:
+    """A result row; ``settings`` is (device, precision, tile). Peak memory is read now."""
     mp = image.shape[0] * image.shape[1] / 1e6
+    device = torch.device(settings[0])
+    gflops = flops_per_mp * mp / seconds / 1e9
+    return BenchRow(name, *settings, seconds, seconds / mp, mp / seconds, _peak_mb(device), gflops)
+
+
+def time_derainer(
+    name: str, derainer: Derainer, image: np.ndarray, repeat: int, flops_per_mp: float
+) -> tuple[BenchRow, np.ndarray]:
+    """Best of ``repeat`` timed runs after one warm-up; returns the row and the output."""
+    # Warm-up: oneDNN builds its kernels per input shape, so warm up on the shapes timed below.
+    warm = image if image.shape[0] * image.shape[1] <= UNTILED_REFERENCE_LIMIT else image[:1024, :1024]
+    derainer.clean(warm)
+    _reset_peak(derainer.device)
+    seconds, out = _best_time(lambda: derainer.clean(image), repeat, derainer.device)
     tile = "auto" if derainer.tile is None else str(derainer.tile or "none")
-    row = BenchRow(
-        name,
-        str(derainer.device),
-        derainer.precision.value,
-        tile,
-        best,
-        best / mp,
-        mp / best,
-        _peak_mb(derainer.device),
-    )
-    return row, out
+    settings = (str(derainer.device), derainer.precision.value, tile)
+    return _row(name, settings, seconds, image, flops_per_mp), out
 
 
 def flops_per_megapixel(derainer: Derainer) -> float:
@@ -104,16 +126,85 @@ def flops_per_megapixel(derainer: Derainer) -> float:
     return counter.get_total_flops() / (FLOP_PROBE * FLOP_PROBE) * 1e6
 
 
+def conv_peaks(derainer: Derainer, width: int, height: int) -> dict[str, float]:
+    """GFLOP/s of lone 3×3 convolutions at the model's shapes, run exactly as the engine runs them.
+
+    Same device, dtype, memory layout and autocast as ``derainer``; the area is the photo's
+    (or one tile's). This is what the hardware and its convolution library reach on this
+    model's layers in this process: the ceiling the whole model is compared with.
+    """
+    side = min(max(width, height), derainer._tile_size(height, width))
+    height, width = min(height, side), min(width, side)
+    dtype = next(derainer.model.parameters()).dtype
+    layout = torch.channels_last if derainer.device.type == "cpu" else torch.contiguous_format
+    peaks = {}
+    for channels, scale in PEAK_SHAPES:
+        h, w = height // scale, width // scale
+        conv = torch.nn.Conv2d(channels, channels, 3, 1, 1).to(derainer.device, dtype, memory_format=layout).eval()
+        x = torch.rand(1, channels, h, w, device=derainer.device, dtype=dtype).contiguous(memory_format=layout)
+        flops = 2 * channels * channels * 9 * h * w
+
+        def run(conv=conv, x=x, calls=1) -> None:
+            with torch.inference_mode(), derainer._autocast():
+                for _ in range(calls):
+                    conv(x)
+
+        run()  # warm-up; then as many calls as fill PEAK_SECONDS
+        calls = max(1, min(10_000, math.ceil(PEAK_SECONDS / _best_time(run, 1, derainer.device)[0])))
+        seconds = _best_time(functools.partial(run, calls=calls), 3, derainer.device)[0]
+        peaks[f"{channels}ch {w}x{h}"] = flops * calls / seconds / 1e9
+    return peaks
+
+
+def time_onnx(
+    weights: str | None, steps: int, image: np.ndarray, repeat: int, flops_per_mp: float
+) -> tuple[BenchRow, np.ndarray]:
+    """onnxruntime's CPU speed on the same weights, steps and photo (untiled fp32, its own threads)."""
+    from .export import export_onnx, require
+
+    require("onnxruntime")
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_onnx(path, weights, steps)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    height, width = image.shape[:2]
+    padded = _pad_to_multiple(image, SIZE_MULTIPLE)
+    x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], np.float32) / 255
+
+    def run() -> np.ndarray:
+        return session.run(["derained"], {"image": x})[0]
+
+    run()
+    _reset_peak(torch.device("cpu"))
+    seconds, out = _best_time(run, repeat, torch.device("cpu"))
+    clean = np.rint(out[0].transpose(1, 2, 0)[:height, :width] * 255).astype(np.uint8)
+    return _row("onnxruntime", ("cpu", "fp32", "none"), seconds, image, flops_per_mp), clean
+
+
 @dataclass
 class BenchReport:
     width: int
     height: int
+    steps: int
     rows: list[BenchRow]
     speedup: float | None
     """Plain fp32 time / default time (None without the reference run)."""
     psnr_default_vs_fp32: float | None
     flops_per_mp: float
+    conv_peaks_gflops: dict[str, float]
+    """GFLOP/s of lone 3×3 convolutions at the model's shapes, in the default row's settings."""
+    conv_peak_gflops: float
+    """The fastest of them: the ceiling for the default row."""
+    peak_fraction: float
+    """Default row's GFLOP/s / conv peak."""
     threads: int
+    onnx_speedup: float | None = None
+    """onnxruntime's time / default time (None unless asked)."""
+    psnr_onnx_vs_default: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,23 +216,46 @@ def benchmark(
     precision: str = "auto",
     tile: str = "auto",
     tile_overlap: int | None = None,
+    steps: int | None = None,
     size: tuple[int, int] = (720, 480),
     repeat: int = 2,
     reference: bool = True,
+    onnx: bool = False,
 ) -> BenchReport:
-    """Time the chosen settings and plain fp32 (untiled up to 4 MP) on a ``size`` (W, H) photo."""
+    """Time the chosen settings, a conv peak, plain fp32 (untiled up to 4 MP) and optionally
+    onnxruntime, on a ``size`` (W, H) photo."""
     width, height = size
+    if onnx and width * height > UNTILED_REFERENCE_LIMIT:
+        raise ValueError(f"onnxruntime runs untiled: compare at most {UNTILED_REFERENCE_LIMIT // 1_000_000} MP")
     image = synthetic_photo(width, height)
     extra = {} if tile_overlap is None else {"tile_overlap": tile_overlap}
-    chosen = Derainer(weights, device=device, precision=precision, tile=tile, **extra)
-    row, out = time_derainer("default", chosen, image, repeat)
+    chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, **extra)
     flops = flops_per_megapixel(chosen)
-    if not reference:
-        return BenchReport(width, height, [row], None, None, flops, torch.get_num_threads())
-    untiled = width * height <= UNTILED_REFERENCE_LIMIT
-    reference = Derainer(weights, device=device, precision="fp32", tile=0 if untiled else "auto", **extra)
-    base_row, base_out = time_derainer("plain fp32" if untiled else "fp32 (tiled)", reference, image, repeat)
-    p = psnr(out, base_out)
-    return BenchReport(
-        width, height, [row, base_row], base_row.seconds / row.seconds, p, flops, torch.get_num_threads()
+    peaks = conv_peaks(chosen, width, height)
+    row, out = time_derainer("default", chosen, image, repeat, flops)
+    report = BenchReport(
+        width,
+        height,
+        chosen.steps,
+        [row],
+        None,
+        None,
+        flops,
+        peaks,
+        max(peaks.values()),
+        row.gflops / max(peaks.values()),
+        torch.get_num_threads(),
     )
+    if reference:
+        untiled = width * height <= UNTILED_REFERENCE_LIMIT
+        plain = Derainer(weights, device=device, precision="fp32", tile=0 if untiled else "auto", steps=steps, **extra)
+        base_row, base_out = time_derainer("plain fp32" if untiled else "fp32 (tiled)", plain, image, repeat, flops)
+        report.rows.append(base_row)
+        report.speedup = base_row.seconds / row.seconds
+        report.psnr_default_vs_fp32 = psnr(out, base_out)
+    if onnx:
+        onnx_row, onnx_out = time_onnx(weights, chosen.steps, image, repeat, flops)
+        report.rows.append(onnx_row)
+        report.onnx_speedup = onnx_row.seconds / row.seconds
+        report.psnr_onnx_vs_default = psnr(onnx_out, out)
+    return report

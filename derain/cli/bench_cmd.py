@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..benchmark import benchmark
-from .common import friendly, load_derainer, model_options
+from ..export import require
+from .common import BadSetup, friendly, load_derainer, model_options
 from .synth_cmd import parse_size
 
 
@@ -25,27 +26,36 @@ from .synth_cmd import parse_size
     show_default=True,
     help="Also time plain fp32 (tiled above 4 MP) for the speed-up and accuracy figures.",
 )
+@click.option("--onnx", is_flag=True, help="Also time onnxruntime (CPU, fp32) on an export of the same weights.")
 @model_options
 @friendly
-def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool, **model) -> None:
+def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool, onnx: bool, **model) -> None:
     """Time the chosen settings against plain fp32 (no tiling) on a synthetic photo.
 
-    Reports seconds, seconds per megapixel, megapixels per second and peak memory for both,
-    the speed-up, how far apart the two outputs are (PSNR), and the model's FLOPs per
-    megapixel, to compare with the hardware's peak.
+    Reports seconds, seconds per megapixel, megapixels per second, achieved GFLOP/s and
+    peak memory for each run, the speed-up, how far apart the outputs are (PSNR), and the
+    ratio of the achieved GFLOP/s to a convolution peak measured in the same run: lone 3×3
+    convolutions at the model's own shapes, in the same precision and layout.
 
     \b
     Examples:
       derain bench                            # 720×480, auto device and precision
+      derain bench --onnx --steps 4           # onnxruntime too, 4 attention steps
       derain bench --size 6000x4000 --repeat 1 --no-reference --json
     """
     load_derainer(**model)  # fail early, with a one-line error, on unusable settings
-    report = benchmark(**model, size=size, repeat=repeat, reference=reference)
+    if onnx:
+        try:
+            require("onnxruntime")
+        except ImportError as exc:
+            raise BadSetup(str(exc)) from None
+    report = benchmark(**model, size=size, repeat=repeat, reference=reference, onnx=onnx)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    table = Table(title=f"derain bench — {report.width}×{report.height}, {report.threads} threads")
-    for column in ("run", "device", "precision", "tile", "s", "s/MP", "MP/s", "peak MB"):
+    title = f"derain bench — {report.width}×{report.height}, {report.steps} steps, {report.threads} threads"
+    table = Table(title=title)
+    for column in ("run", "device", "precision", "tile", "s", "s/MP", "MP/s", "GFLOP/s", "peak MB"):
         table.add_column(column)
     for r in report.rows:
         table.add_row(
@@ -56,10 +66,20 @@ def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool
             f"{r.seconds:.2f}",
             f"{r.seconds_per_mp:.2f}",
             f"{r.mp_per_second:.3f}",
+            f"{r.gflops:.0f}",
             f"{r.peak_memory_mb:.0f}",
         )
     out = Console()
     out.print(table)
     if report.speedup is not None:
         out.print(f"speed-up {report.speedup:.2f}× over fp32, outputs {report.psnr_default_vs_fp32:.1f} dB apart")
-    out.print(f"{report.flops_per_mp / 1e9:.1f} GFLOP per megapixel")
+    if report.onnx_speedup is not None:
+        out.print(
+            f"onnxruntime takes {report.onnx_speedup:.2f}× the default's time, "
+            f"outputs {report.psnr_onnx_vs_default:.1f} dB apart"
+        )
+    peaks = ", ".join(f"{shape} {gflops:.0f}" for shape, gflops in report.conv_peaks_gflops.items())
+    out.print(
+        f"{report.flops_per_mp / 1e9:.1f} GFLOP per megapixel; default run at {report.rows[0].gflops:.0f} GFLOP/s = "
+        f"{report.peak_fraction:.0%} of the conv peak measured now ({peaks} GFLOP/s)"
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .fusion import DEFAULT_RADIUS
 from .model import SIZE_MULTIPLE, Generator
 from .tiling import Tile, plan_tiles
@@ -35,6 +36,8 @@ BYTES_PER_PIXEL = {"fp32": 1900, "bf16": 1900, "fp16": 1000}
 GPU_MEMORY_FRACTION = 0.5
 MAX_TILE_BATCH = 8
 MIN_TILE = 64
+#: Bounds of ``steps``: the ConvLSTM's weights are shared across steps, so any count runs.
+MAX_STEPS = 32
 
 
 class Precision(str, Enum):
@@ -108,7 +111,8 @@ class Derainer:
 
     ``weights``: None for the shipped default, a shipped name, or a path (ours, a training
     checkpoint, or the official ``gen.pkl``). ``tile``: "auto" bounds memory, 0 never tiles,
-    N forces N-pixel tiles. ``tile_overlap``: pixels shared by neighbouring tiles.
+    N forces N-pixel tiles. ``tile_overlap``: pixels shared by neighbouring tiles. ``steps``:
+    attentive-recurrent steps to run instead of the weights' own count (fewer is faster).
     """
 
     def __init__(
@@ -118,17 +122,23 @@ class Derainer:
         precision: str = "auto",
         tile: int | str = "auto",
         tile_overlap: int = DEFAULT_OVERLAP,
+        steps: int | None = None,
     ) -> None:
         torch.set_flush_denormal(True)
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
+        if steps is not None and not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
         if self.device.type == "cpu":
+            keep_freed_memory()
             torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         self.tile = _parse_tile(tile)
         if tile_overlap < 0:
             raise ValueError("tile overlap must be ≥ 0")
         self.tile_overlap = tile_overlap
         model, self.weights_info = load_weights(weights)  # config, channel order, provenance
+        if steps is not None:
+            model.set_steps(steps)
         self.model = self._prepare(model)
 
     @property
@@ -139,7 +149,7 @@ class Derainer:
         model = model.to(self.device).eval().requires_grad_(False)
         if self.precision is Precision.FP16:
             model = model.half()
-        if self.precision is Precision.BF16 and self.device.type == "cpu":
+        if self.device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC, in bf16 and fp32
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -245,7 +255,7 @@ class Derainer:
         x = x.float().div_(scale)
         if self.precision is Precision.FP16:
             x = x.half()
-        if self.precision is Precision.BF16 and self.device.type == "cpu":
+        if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             out = self.model(x)

@@ -10,6 +10,7 @@ from .batch import batch
 from .bench_cmd import bench_cmd
 from .clean import clean
 from .eval_cmd import eval_cmd
+from .export_cmd import export_cmd
 from .synth_cmd import synth_cmd
 from .train_cmd import train_cmd
 from .video_cmd import synth_video_cmd, video_cmd
@@ -49,5 +50,6 @@ for command in (
     train_cmd,
     eval_cmd,
     bench_cmd,
+    export_cmd,
 ):
     main.add_command(command)

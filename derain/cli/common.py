@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..engine import DEFAULT_OVERLAP, Derainer
+from ..engine import DEFAULT_OVERLAP, MAX_STEPS, Derainer
 from ..imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ..weights import WeightsError
 
@@ -32,7 +32,7 @@ class BadSetup(click.ClickException):
 
 
 def model_options(command: Callable) -> Callable:
-    """--weights, --device, --precision, --tile, --tile-overlap."""
+    """--weights, --device, --precision, --tile, --tile-overlap, --steps."""
     options = [
         click.option(
             "--weights",
@@ -69,6 +69,14 @@ def model_options(command: Callable) -> Callable:
             show_default=True,
             type=click.IntRange(min=0),
             help="Pixels shared by neighbouring tiles (blended without seams).",
+        ),
+        click.option(
+            "--steps",
+            default=None,
+            type=click.IntRange(1, MAX_STEPS),
+            metavar="N",
+            help="Attentive-recurrent steps: fewer is faster, at some cost in drops found (see the README).  "
+            "[default: the weights' own]",
         ),
     ]
     for option in reversed(options):
@@ -132,11 +140,15 @@ def _parse_pixels(ctx: click.Context, param: click.Parameter, value: str) -> int
     return pixels or None
 
 
-def load_derainer(weights: str | None, device: str, precision: str, tile: str, tile_overlap: int) -> Derainer:
+def load_derainer(
+    weights: str | None, device: str, precision: str, tile: str, tile_overlap: int, steps: int | None = None
+) -> Derainer:
     """Build the engine, turning any setup problem into a one-line error with exit code 2."""
     try:
         with console.status("Loading model…"):
-            return Derainer(weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap)
+            return Derainer(
+                weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap, steps=steps
+            )
     except (WeightsError, ValueError, TypeError) as exc:
         raise BadSetup(str(exc)) from None
 

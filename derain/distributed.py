@@ -30,6 +30,10 @@ MAX_BLOCKS = 10_000
 folder (the finest retry and progress granularity), bounded for archives of millions of files."""
 
 
+class SetupFailed(ValueError):
+    """The actors could not load the model (weights, device or precision unusable there)."""
+
+
 def require_ray() -> Any:
     """The ``ray`` module with Ray Data, or an ImportError that says how to install it."""
     try:
@@ -175,7 +179,7 @@ def run(
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         with _quiet_stderr():  # Ray's core announces that level on stderr as it starts
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures reach the caller as exceptions
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -194,8 +198,12 @@ def run(
             compute=ray.data.ActorPoolStrategy(size=count),
             **each,
         )
-        for row in results.iter_rows():
-            yield int(row["index"]), row["reason"] or None
+        try:
+            for row in results.iter_rows():
+                yield int(row["index"]), row["reason"] or None
+        except ray.exceptions.ActorDiedError as exc:  # an actor could not load the model: say why in one line
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise SetupFailed(lines[-1].split(": ", 1)[-1]) from None
     finally:
         if started:
             ray.shutdown()

@@ -152,6 +152,8 @@ def _run_ray(
                 progress.update(task, advance=1, file=src.name)
         except KeyboardInterrupt:
             summary.interrupted = True
+        except distributed.SetupFailed as exc:
+            raise BadSetup(str(exc)) from None
         finally:
             results.close()  # stops the Ray job (and a Ray started for it)
     summary.failed += [(jobs[i][0], failed[i]) for i in sorted(failed)]

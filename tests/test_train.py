@@ -223,7 +223,7 @@ def test_unpaired_folders_must_hold_photos_and_need_the_discriminator(tmp_path):
         Trainer(TrainConfig(**base, unpaired_dir=str(tmp_path / "nope")), tmp_path / "train", tmp_path / "run")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
         Trainer(TrainConfig(**base, unpaired_dir=str(tmp_path / "bad")), tmp_path / "train", tmp_path / "run")
     _write_photos(tmp_path / "real")
     no_gan = base | {"gan_weight": 0.0}

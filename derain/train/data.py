@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..imageio import IMAGE_EXTENSIONS
+from ..imageio import IMAGE_EXTENSIONS, read_image
 from ..synth import CLEAN_DIR, MASK_DIR, RAIN_DIR
+from ..visualize import to_uint8
 
 #: The paper's rule for pairs without a mask: rain where the difference exceeds 30 of 255.
 MASK_THRESHOLD = 30
@@ -62,10 +63,8 @@ def mask_from_difference(rainy: np.ndarray, clean: np.ndarray, threshold: int = 
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    """Upright 8-bit RGB from any format derain reads (HEIC frames from a phone too)."""
+    return np.ascontiguousarray(to_uint8(read_image(path, max_pixels=None).rgb))
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -116,7 +115,7 @@ class UnpairedImages:
             raise ValueError(f"{root}: no such folder of unpaired photos")
         paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not paths:
-            raise ValueError(f"{root}: no photos found for --unpaired (jpg, png, bmp, tif or webp)")
+            raise ValueError(f"{root}: no photos found for --unpaired")
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             self.images = list(pool.map(_read_rgb, paths))
 

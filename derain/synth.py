@@ -216,10 +216,10 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
     )
 
 
-def _add_lamps(radiance: np.ndarray, rng: np.random.Generator, cfg: RenderConfig, scale: float) -> np.ndarray:
+def _lamps(shape: tuple[int, ...], rng: np.random.Generator, cfg: RenderConfig, scale: float) -> np.ndarray:
     """Street lamps and lit windows: small discs far brighter than white, mostly in the upper part."""
-    h, w = radiance.shape[:2]
-    lamps = np.zeros_like(radiance)
+    h, w = shape[:2]
+    lamps = np.zeros(shape, np.float32)
     for _ in range(int(rng.integers(cfg.lamps[0], cfg.lamps[1] + 1))):
         cy, cx = h * rng.beta(1.5, 2.5), w * rng.random()
         radius = _uniform(rng, cfg.lamp_radius) * scale
@@ -227,7 +227,7 @@ def _add_lamps(radiance: np.ndarray, rng: np.random.Generator, cfg: RenderConfig
         colour = np.array([1.0, 1.0 - 0.45 * warm, 1.0 - 0.8 * warm]) * _uniform(rng, cfg.lamp_intensity)
         centre, r16 = (round(cx * 16), round(cy * 16)), max(8, round(radius * 16))  # 4 bits of sub-pixel
         cv2.circle(lamps, centre, r16, colour.tolist(), -1, cv2.LINE_AA, 4)
-    return radiance + lamps
+    return lamps
 
 
 def _stamp_drop(
@@ -362,7 +362,7 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
     lamps = None
     if shot.night:
         scene = scene * shot.exposure
-        lamps = _add_lamps(np.zeros_like(scene), rng, cfg, scale)
+        lamps = _lamps(scene.shape, rng, cfg, scale)
         scene = scene + lamps
     scene = optics.defocus(scene, shot.scene_blur)
     rainy = scene

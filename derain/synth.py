@@ -118,6 +118,10 @@ class RenderConfig:
     haze_prob: float = 0.5
     haze: tuple[float, float] = (0.02, 0.3)
     """Wet-glass veil: fraction of light scattered into a milky layer, strongest among the drops."""
+    haze_floor: float = 0.3
+    """Share of the veil that covers the whole glass, not just the wet patches around drops."""
+    haze_brightness: tuple[float, float] = (1.1, 1.6)
+    """The veil's brightness, times the scene's mean (it scatters light from the whole view)."""
 
     # Night.
     night_prob: float = 0.12
@@ -376,8 +380,9 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         rainy = scene * (1.0 - alpha_blurred[..., None]) + optics.defocus(drops * alpha[..., None], shot.glass_blur)
         if shot.haze:
             wet = optics.defocus(alpha, max(shot.glass_blur, 20.0 * scale) * 2)
-            veil = float(scene.mean()) * rng.uniform(1.1, 1.6)
-            amount = shot.haze * np.clip(0.3 + wet * (1.0 + 0.5 * _low_freq_noise(rng, (h, w))), 0.0, 1.5)
+            veil = float(scene.mean()) * _uniform(rng, cfg.haze_brightness)
+            patchy = wet * (1.0 + 0.5 * _low_freq_noise(rng, (h, w)))
+            amount = shot.haze * np.clip(cfg.haze_floor + patchy, 0.0, 1.5)
             rainy = rainy * (1.0 - amount[..., None]) + amount[..., None] * veil
         if lamps is not None:
             # light scattered by the wet glass around each lamp; peak ≈ glare × the lamp's radiance

@@ -390,9 +390,10 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
             spread = 2.0 * sigma**2 / (np.mean(cfg.lamp_radius) * scale) ** 2
             rainy = rainy + _uniform(rng, cfg.glare) * spread * cv2.GaussianBlur(lamps, (0, 0), sigma)
         near = cv2.dilate((alpha_blurred > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2)
-        mask = _visible_change(optics.linear_to_srgb(rainy), optics.linear_to_srgb(scene), near, cfg)
-    noise = rng.standard_normal((h, w, 3)).astype(np.float32) * shot.noise
     rainy_srgb, clean_srgb = optics.linear_to_srgb(rainy), optics.linear_to_srgb(scene)
+    if not empty:
+        mask = _visible_change(rainy_srgb, clean_srgb, near, cfg)
+    noise = rng.standard_normal((h, w, 3)).astype(np.float32) * shot.noise
     grain = noise * np.sqrt(np.maximum(rainy_srgb, 0.02) / 0.5)
     return Rendering(
         _to_8bit_and_back(rainy_srgb + grain, shot.jpeg_quality),

@@ -23,6 +23,23 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     return w, h
 
 
+split_option = click.option(
+    "--split",
+    default="all",
+    show_default=True,
+    type=click.Choice(["all", "train", "val"]),
+    help="Use only the photos of a stable 90/10 split by file name (keep validation photos unseen).",
+)
+
+
+def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
+    """The photos under ``clean_dir`` on one side of the split; none is a one-line error."""
+    photos = list_photos(clean_dir, split) if clean_dir.is_dir() else []
+    if not photos:
+        raise InputFailed(f"{clean_dir}: no photos found (split '{split}')")
+    return photos
+
+
 @click.command("synth")
 @click.argument("clean_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
@@ -35,13 +52,7 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(min=1), help="Triples to render.")
 @click.option("--size", default="720x480", show_default=True, callback=parse_size, help="WIDTHxHEIGHT of each triple.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same photos: byte-identical files.")
-@click.option(
-    "--split",
-    default="all",
-    show_default=True,
-    type=click.Choice(["all", "train", "val"]),
-    help="Use only the photos of a stable 90/10 split by file name (keep validation photos unseen).",
-)
+@split_option
 @click.option(
     "--preview",
     default=None,
@@ -66,9 +77,7 @@ def synth_cmd(
       derain synth photos/ -o data/val --count 50 --split val --seed 1000
       derain synth photos/ -o renders.png --preview 16
     """
-    photos = list_photos(clean_dir, split) if clean_dir.is_dir() else []
-    if not photos:
-        raise InputFailed(f"{clean_dir}: no photos found (split '{split}')")
+    photos = photos_to_render(clean_dir, split)
     if preview:
         _write_preview(photos, output, preview, size, seed)
         return

@@ -12,12 +12,12 @@ from rich.table import Table
 
 from ..engine import Derainer
 from ..fusion import DEFAULT_RADIUS
-from ..synth import RENDERER_VERSION, list_photos
+from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import MOTIONS, synthesize_clips
-from .common import BadSetup, InputFailed, console, friendly, load_derainer, model_options
-from .synth_cmd import parse_size
+from .common import BadSetup, console, friendly, load_derainer, model_options
+from .synth_cmd import parse_size, photos_to_render, split_option
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -155,13 +155,7 @@ def video_cmd(
     help="moving: pan, zoom and shake; static: a camera that holds still.",
 )
 @click.option("--seed", default=0, show_default=True, help="Same seed, same photos: the same clips.")
-@click.option(
-    "--split",
-    default="all",
-    show_default=True,
-    type=click.Choice(["all", "train", "val"]),
-    help="Use only the photos of the stable 90/10 split by file name (as `derain synth`).",
-)
+@split_option
 @friendly
 def synth_video_cmd(
     clean_dir: Path, output: Path, count: int, frames: int, size: tuple[int, int], motion: str, seed: int, split: str
@@ -177,9 +171,7 @@ def synth_video_cmd(
       derain synth-video photos/ -o clips/ --count 8 --split val
       derain synth-video photos/ -o clips_static/ --motion static --seed 1
     """
-    photos = list_photos(clean_dir, split) if clean_dir.is_dir() else []
-    if not photos:
-        raise InputFailed(f"{clean_dir}: no photos found (split '{split}')")
+    photos = photos_to_render(clean_dir, split)
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering clips (renderer v{RENDERER_VERSION})", total=count)
         synthesize_clips(

@@ -345,7 +345,7 @@ def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metad
         metadata=None,  # no JSON description of its own
         **meta.tifffile_options(metadata),
     )
-    return out.getvalue()
+    return meta.with_tiff_exif(out.getvalue(), metadata)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

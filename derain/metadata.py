@@ -8,6 +8,7 @@ output format keeps what; `KEEPS` is that table.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -18,7 +19,8 @@ from PIL import ExifTags, PngImagePlugin
 from PIL import Image as PILImage
 
 # What each output carries. Pillow writes every format it can hold; it has no 16-bit colour
-# mode, so 16-bit colour PNGs are written by OpenCV and 16-bit colour TIFFs by tifffile.
+# mode, so 16-bit colour PNGs are written by OpenCV and 16-bit colour TIFFs by tifffile, with
+# the EXIF added by tifftools (tifffile writes no EXIF or GPS sub-IFD).
 KEEPS: dict[str, frozenset[str]] = {
     "JPEG": frozenset({"icc", "exif", "xmp", "dpi"}),
     "PNG": frozenset({"icc", "exif", "xmp", "dpi"}),
@@ -28,7 +30,6 @@ KEEPS: dict[str, frozenset[str]] = {
     "AVIF": frozenset({"icc", "exif", "xmp"}),
     "BMP": frozenset(),
     "16-bit colour PNG": frozenset({"icc", "exif"}),  # OpenCV's XMP would be a Latin-1 tEXt chunk
-    "16-bit colour TIFF": frozenset({"icc", "exif IFD0", "xmp", "dpi"}),  # tifffile writes no EXIF sub-IFDs
 }
 
 ORIENTATION = ExifTags.Base.Orientation
@@ -39,9 +40,6 @@ _PIXEL_SIZE_TAGS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 _LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284})
 _LAYOUT_TAGS |= frozenset({317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530})
 _LAYOUT_TAGS |= frozenset({700, 33723, 34377, 34675})
-# IFD0's text tags about the photo (description, make, model, software, date, artist, host,
-# copyright): what a 16-bit colour TIFF keeps of the EXIF.
-_TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 316, 33432)
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[2-8]')
 _JPEG_SEGMENT = 65533  # EXIF and XMP must each fit one JPEG segment (XMP after its 29-byte namespace)
 
@@ -154,15 +152,31 @@ def opencv_blocks(metadata: Metadata | None, icc_kind: int, exif_kind: int) -> d
 
 
 def tifffile_options(metadata: Metadata | None) -> dict[str, Any]:
-    """Keyword arguments for tifffile: profile, DPI, XMP and IFD0's text tags (it cannot write sub-IFDs)."""
+    """Keyword arguments for tifffile: profile, DPI and XMP; the EXIF follows in :func:`with_tiff_exif`."""
     metadata = metadata or Metadata()
-    extratags = [(700, 1, len(metadata.xmp), metadata.xmp, True)] if metadata.xmp else []
-    if metadata.exif:
-        exif = _parsed(metadata.exif)
-        extratags += [(tag, "s", 0, exif[tag], True) for tag in _TIFF_TEXT_TAGS if isinstance(exif.get(tag), str)]
     return {
         "iccprofile": metadata.icc_profile,
         "resolution": metadata.dpi,
         "resolutionunit": "INCH" if metadata.dpi else None,
-        "extratags": extratags,
+        "extratags": [(700, 1, len(metadata.xmp), metadata.xmp, True)] if metadata.xmp else [],
+        "software": False,  # the photo's own Software tag, if any, comes with the EXIF
     }
+
+
+def with_tiff_exif(tiff: bytes, metadata: Metadata | None) -> bytes:
+    """A one-image TIFF with the EXIF's tags added to its IFD, the exposure (Exif) and GPS sub-IFDs included.
+
+    The EXIF block is itself a little TIFF, so tifftools reads both and writes the merged IFD
+    (copying the pixel strips as they are).
+    """
+    if metadata is None or metadata.exif is None:
+        return tiff
+    import tifftools  # pure Python, but 40 ms to import: only for 16-bit colour TIFFs
+
+    image = tifftools.read_tiff(io.BytesIO(tiff))
+    exif = tifftools.read_tiff(io.BytesIO(metadata.exif))
+    ifd = image["ifds"][0]
+    ifd["tags"] = exif["ifds"][0]["tags"] | ifd["tags"]  # tifffile's own (layout, profile, DPI, XMP) win
+    out = io.BytesIO()
+    tifftools.write_tiff(image, out)
+    return out.getvalue()

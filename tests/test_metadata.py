@@ -6,6 +6,7 @@ them, sideways with an orientation tag; every guarantee is checked on the writte
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 from pathlib import Path
@@ -15,8 +16,10 @@ import numpy as np
 import PIL.Image
 import PIL.ImageFile
 import PIL.PngImagePlugin
+import PIL.TiffImagePlugin
 import pytest
 import tifffile
+import tifftools
 from PIL import ExifTags, ImageCms, features
 
 import derain.imageio
@@ -38,6 +41,7 @@ XMP = (
 ).encode()
 GPS = {1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 7.0)}
 CAMERA = {271: "Apple", 272: "iPhone 15 Pro", 306: "2024:05:06 07:08:09"}  # Make, Model, DateTime
+EXPOSURE = PIL.TiffImagePlugin.IFDRational(1, 120)  # ExposureTime, in the EXIF sub-IFD, a RATIONAL as cameras write
 STORED = (24, 16)  # width, height as stored: sideways, so the upright photo is 16×24
 
 
@@ -51,7 +55,8 @@ def _pixels(dtype: type = np.uint8) -> np.ndarray:
 def _exif(orientation: int = 6) -> PIL.Image.Exif:
     exif = PIL.Image.Exif()
     exif.update({**CAMERA, 274: orientation})
-    exif.get_ifd(ExifTags.IFD.Exif).update({0x829A: 1 / 120, 0x9003: CAMERA[306], 0xA002: STORED[0], 0xA003: STORED[1]})
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    sub.update({0x829A: EXPOSURE, 0x9003: CAMERA[306], 0xA002: STORED[0], 0xA003: STORED[1]})
     exif.get_ifd(ExifTags.IFD.GPSInfo).update(GPS)
     return exif
 
@@ -95,6 +100,7 @@ def assert_kept(path: Path, keeps: frozenset[str] = KEEPS["JPEG"], size: tuple[i
             assert dict(exif.get_ifd(ExifTags.IFD.GPSInfo)) == GPS
             sub = exif.get_ifd(ExifTags.IFD.Exif)
             assert (sub[0xA002], sub[0xA003]) == size and sub[0x9003] == CAMERA[306]
+            assert float(sub[0x829A]) == pytest.approx(1 / 120)
             assert not exif.get_ifd(ExifTags.IFD.IFD1), "the old thumbnail still shows the drops"
         else:
             assert not exif.get_ifd(ExifTags.IFD.GPSInfo)
@@ -140,20 +146,47 @@ def test_png_with_iccp_and_exif_chunks(tmp_path: Path, derainer: Derainer) -> No
     assert_kept(tmp_path / "out.png", KEEPS["PNG"] - {"xmp"})
 
 
+def _16bit_tiff(path: Path, exif: PIL.Image.Exif) -> Path:
+    """A sideways 16-bit RGB TIFF as raw converters write it: profile, XMP, DPI and EXIF with its sub-IFDs.
+
+    tifffile writes no EXIF, so tifftools adds the EXIF block's IFD, sub-IFDs included.
+    """
+    tiff = io.BytesIO()
+    tifffile.imwrite(
+        tiff, _pixels(np.uint16), photometric="rgb", iccprofile=ICC, resolution=(72, 72), resolutionunit="INCH",
+        extratags=[(700, 1, len(XMP), XMP, True)], metadata=None,
+    )  # fmt: skip
+    info = tifftools.read_tiff(io.BytesIO(tiff.getvalue()))
+    info["ifds"][0]["tags"].update(tifftools.read_tiff(io.BytesIO(exif.tobytes()[6:]))["ifds"][0]["tags"])
+    tifftools.write_tiff(info, path)
+    with PIL.Image.open(path) as made:  # the fixture is what it claims
+        assert made.size == (16, 24) and dict(made.getexif().get_ifd(ExifTags.IFD.GPSInfo)) == GPS
+    return path
+
+
 def test_16bit_tiff_with_a_profile(tmp_path: Path, derainer: Derainer) -> None:
-    src = tmp_path / "scan.tif"
-    tags = [(tag, "s", 0, value, True) for tag, value in CAMERA.items()] + [(274, "H", 1, 6, True)]
-    tifffile.imwrite(src, _pixels(np.uint16), photometric="rgb", iccprofile=ICC, extratags=tags, metadata=None)
+    src = _16bit_tiff(tmp_path / "scan.tif", _exif())
     clean_file(derainer, src, tmp_path / "out.tif")
     out = read_image(tmp_path / "out.tif")
-    assert out.rgb.dtype == np.uint16 and out.size == (16, 24) and out.rgb[:10, -6:].min() > 32768
-    with PIL.Image.open(tmp_path / "out.tif") as written:
-        assert written.info["icc_profile"] == ICC
-        assert {tag: written.getexif().get(tag) for tag in CAMERA} == CAMERA
-        assert written.getexif().get(274, 1) == 1
+    assert out.rgb.dtype == np.uint16 and out.size == (16, 24) and out.rgb[:10, -6:].min() > 32768, "16-bit, upright"
+    assert_kept(tmp_path / "out.tif", KEEPS["TIFF"])
+    with tifffile.TiffFile(tmp_path / "out.tif") as written:  # a second reader: the tags where TIFF puts them
+        tags = written.pages[0].tags
+        assert written.pages[0].dtype == np.uint16 and written.pages[0].shape == (24, 16, 3)
+        assert tags["InterColorProfile"].value == ICC and tags["Orientation"].value == 1
+        assert tags["ExifTag"].value["ExposureTime"] == (1, 120)
+        gps = tags["GPSTag"].value
+        assert (gps["GPSLatitudeRef"], gps["GPSLatitude"]) == ("N", (48, 1, 51, 1, 24, 1))
+        assert (gps["GPSLongitudeRef"], gps["GPSLongitude"]) == ("E", (2, 1, 21, 1, 7, 1))
     clean_file(derainer, src, tmp_path / "out.jpg")  # and into an 8-bit format
-    with PIL.Image.open(tmp_path / "out.jpg") as written:
-        assert written.info["icc_profile"] == ICC and written.getexif()[271] == "Apple"
+    assert_kept(tmp_path / "out.jpg")
+
+
+def test_16bit_tiff_strip_metadata(tmp_path: Path, derainer: Derainer) -> None:
+    clean_file(derainer, _16bit_tiff(tmp_path / "scan.tif", _exif()), tmp_path / "out.tif", keep_metadata=False)
+    with tifffile.TiffFile(tmp_path / "out.tif") as written:
+        assert written.pages[0].dtype == np.uint16 and written.pages[0].shape == (24, 16, 3)
+        assert not {"ExifTag", "GPSTag", "InterColorProfile", "XMP", "Make"} & set(written.pages[0].tags.keys())
 
 
 def test_16bit_colour_png_keeps_profile_and_exif(tmp_path: Path) -> None:

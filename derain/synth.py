@@ -118,8 +118,10 @@ class RenderConfig:
     haze_prob: float = 0.5
     haze: tuple[float, float] = (0.02, 0.3)
     """Wet-glass veil: fraction of light scattered into a milky layer, strongest among the drops."""
-    haze_floor: float = 0.3
-    """Share of the veil that covers the whole glass, not just the wet patches around drops."""
+    haze_floor: float = 0.0
+    """Share of the veil that covers the whole glass, not just the wet patches around drops. 0: the
+    veil lies where the water is, so dry glass shows the scene untouched (a floor of 0.3 taught a
+    model to darken every photo, drop-free ones too)."""
     haze_brightness: tuple[float, float] = (1.1, 1.6)
     """The veil's brightness, times the scene's mean (it scatters light from the whole view)."""
 
@@ -378,18 +380,19 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 0.6)  # anti-aliased contact line
         alpha_blurred = optics.defocus(alpha, shot.glass_blur)
         rainy = scene * (1.0 - alpha_blurred[..., None]) + optics.defocus(drops * alpha[..., None], shot.glass_blur)
+        near = cv2.dilate((alpha_blurred > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2)
         if shot.haze:
             wet = optics.defocus(alpha, max(shot.glass_blur, 20.0 * scale) * 2)
             veil = float(scene.mean()) * _uniform(rng, cfg.haze_brightness)
             patchy = wet * (1.0 + 0.5 * _low_freq_noise(rng, (h, w)))
             amount = shot.haze * np.clip(cfg.haze_floor + patchy, 0.0, 1.5)
             rainy = rainy * (1.0 - amount[..., None]) + amount[..., None] * veil
+            near |= (amount > 0.01).astype(np.uint8)  # a strong veil is rain too: the map may cover it
         if lamps is not None:
             # light scattered by the wet glass around each lamp; peak ≈ glare × the lamp's radiance
             sigma = _uniform(rng, cfg.glare_sigma) * scale
             spread = 2.0 * sigma**2 / (np.mean(cfg.lamp_radius) * scale) ** 2
             rainy = rainy + _uniform(rng, cfg.glare) * spread * cv2.GaussianBlur(lamps, (0, 0), sigma)
-        near = cv2.dilate((alpha_blurred > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2)
     rainy_srgb, clean_srgb = optics.linear_to_srgb(rainy), optics.linear_to_srgb(scene)
     if not empty:
         mask = _visible_change(rainy_srgb, clean_srgb, near, cfg)

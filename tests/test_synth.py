@@ -72,6 +72,17 @@ def test_mask_marks_exactly_where_the_drops_changed_the_image():
         assert mask.mean() > 0
 
 
+def test_the_wet_glass_veil_lies_where_the_water_is():
+    """Dry glass between sparse drops shows the scene untouched, or a model learns to dim every photo."""
+    clean = _photo(240, 320).astype(np.float32) / 255
+    sparse = dict(empty_prob=0.0, coverage=(0.03, 0.03), noise_prob=0.0, jpeg_prob=0.0, night_prob=0.0)
+    for floor, untouched in ((0.0, lambda share: share > 0.3), (0.3, lambda share: share < 0.05)):
+        cfg = RenderConfig(haze_prob=1.0, haze=(0.3, 0.3), haze_floor=floor, **sparse)
+        rainy, target, mask = render_raindrops(clean, np.random.default_rng(2), cfg)
+        assert mask.any()
+        assert untouched(np.mean(np.all(rainy == target, axis=2))), f"haze_floor={floor}"
+
+
 def test_empty_samples_are_identical_pairs_even_with_noise_and_jpeg():
     clean = _photo().astype(np.float32) / 255
     cfg = RenderConfig(empty_prob=1.0, noise_prob=1.0, jpeg_prob=1.0)

@@ -321,13 +321,13 @@ def _pillow_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadat
 
 
 def _opencv_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
-    """16-bit colour PNG."""
-    blocks = meta.opencv_blocks(metadata, cv2.IMAGE_METADATA_ICCP, cv2.IMAGE_METADATA_EXIF)
+    """16-bit colour PNG, with Pillow's metadata chunks after the IHDR (8-byte signature, 25-byte IHDR chunk)."""
     bgr = np.concatenate([pixels[..., 2::-1], pixels[..., 3:]], axis=2)
-    ok, encoded = cv2.imencodeWithMetadata(".png", bgr, list(blocks), list(blocks.values()))
+    ok, encoded = cv2.imencode(".png", bgr)
     if not ok:
         raise ImageError("could not encode the image as .png")
-    return encoded.tobytes()
+    png = encoded.tobytes()
+    return png[:33] + meta.png_chunks(metadata) + png[33:]
 
 
 def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 from PIL import ExifTags, PngImagePlugin
 from PIL import Image as PILImage
 
-# What each output carries. Pillow writes every format it can hold; it has no 16-bit colour
-# mode, so 16-bit colour PNGs are written by OpenCV and 16-bit colour TIFFs by tifffile, with
-# the EXIF added by tifftools (tifffile writes no EXIF or GPS sub-IFD).
+# What each output carries, at any bit depth. Pillow writes every format it can hold; it has no
+# 16-bit colour mode, so 16-bit colour PNGs are encoded by OpenCV with Pillow's metadata chunks
+# spliced in, and 16-bit colour TIFFs by tifffile with the EXIF added by tifftools (tifffile
+# writes no EXIF or GPS sub-IFD).
 KEEPS: dict[str, frozenset[str]] = {
     "JPEG": frozenset({"icc", "exif", "xmp", "dpi"}),
     "PNG": frozenset({"icc", "exif", "xmp", "dpi"}),
@@ -29,7 +30,6 @@ KEEPS: dict[str, frozenset[str]] = {
     "HEIF": frozenset({"icc", "exif", "xmp"}),
     "AVIF": frozenset({"icc", "exif", "xmp"}),
     "BMP": frozenset(),
-    "16-bit colour PNG": frozenset({"icc", "exif"}),  # OpenCV's XMP would be a Latin-1 tEXt chunk
 }
 
 ORIENTATION = ExifTags.Base.Orientation
@@ -41,6 +41,7 @@ _LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277,
 _LAYOUT_TAGS |= frozenset({317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530})
 _LAYOUT_TAGS |= frozenset({700, 33723, 34377, 34675})
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[2-8]')
+_PNG_CHUNKS = frozenset({b"iCCP", b"pHYs", b"iTXt", b"eXIf"})
 _JPEG_SEGMENT = 65533  # EXIF and XMP must each fit one JPEG segment (XMP after its 29-byte namespace)
 
 
@@ -145,10 +146,13 @@ def _tiff_tags(exif_block: bytes | None, xmp: bytes | None) -> dict[int, Any]:
     return tags
 
 
-def opencv_blocks(metadata: Metadata | None, icc_kind: int, exif_kind: int) -> dict[int, np.ndarray]:
-    """OpenCV's metadata chunks by kind (`cv2.IMAGE_METADATA_*`): the profile and EXIF."""
-    blocks = {icc_kind: metadata and metadata.icc_profile, exif_kind: metadata and metadata.exif}
-    return {kind: np.frombuffer(block, np.uint8) for kind, block in blocks.items() if block}
+def png_chunks(metadata: Metadata | None) -> bytes:
+    """The PNG chunks that carry the metadata (profile, DPI, XMP, EXIF), as Pillow writes them, for
+    another encoder's PNG: they may follow its IHDR directly."""
+    if metadata is None:
+        return b""
+    chunks = PngImagePlugin.getchunks(PILImage.new("L", (1, 1)), **pillow_options(metadata, "PNG"))
+    return b"".join(struct.pack(">I", len(data)) + cid + data + crc for cid, data, crc in chunks if cid in _PNG_CHUNKS)
 
 
 def tifffile_options(metadata: Metadata | None) -> dict[str, Any]:
@@ -167,14 +171,17 @@ def with_tiff_exif(tiff: bytes, metadata: Metadata | None) -> bytes:
     """A one-image TIFF with the EXIF's tags added to its IFD, the exposure (Exif) and GPS sub-IFDs included.
 
     The EXIF block is itself a little TIFF, so tifftools reads both and writes the merged IFD
-    (copying the pixel strips as they are).
+    (copying the pixel strips as they are). The Interop sub-IFD is left out: it names the DCF
+    rules a camera's JPEG follows, and tifftools would copy its pointer as a plain number.
     """
     if metadata is None or metadata.exif is None:
         return tiff
     import tifftools  # pure Python, but 40 ms to import: only for 16-bit colour TIFFs
 
+    parsed = _parsed(metadata.exif)
+    parsed.get_ifd(ExifTags.IFD.Exif).pop(ExifTags.IFD.Interop, None)
     image = tifftools.read_tiff(io.BytesIO(tiff))
-    exif = tifftools.read_tiff(io.BytesIO(metadata.exif))
+    exif = tifftools.read_tiff(io.BytesIO(parsed.tobytes()[6:]))
     ifd = image["ifds"][0]
     ifd["tags"] = exif["ifds"][0]["tags"] | ifd["tags"]  # tifffile's own (layout, profile, DPI, XMP) win
     out = io.BytesIO()

@@ -392,7 +392,7 @@ def test_written_file_gets_the_usual_permissions(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])  # Pillow, then OpenCV (16-bit colour)
 def test_failed_encoding_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
     monkeypatch.setattr(PIL.Image.Image, "save", _must_not_decode)
-    monkeypatch.setattr(cv2, "imencodeWithMetadata", lambda *_: (False, None))
+    monkeypatch.setattr(cv2, "imencode", lambda *_: (False, None))
     with pytest.raises(ImageError, match=r"out\.png: could not encode the image as \.png"):
         write_image(tmp_path / "out.png", Image(_marked().astype(dtype)))
     assert list(tmp_path.iterdir()) == []

@@ -57,6 +57,7 @@ def _exif(orientation: int = 6) -> PIL.Image.Exif:
     exif.update({**CAMERA, 274: orientation})
     sub = exif.get_ifd(ExifTags.IFD.Exif)
     sub.update({0x829A: EXPOSURE, 0x9003: CAMERA[306], 0xA002: STORED[0], 0xA003: STORED[1]})
+    sub[0xA005] = {1: "R98"}  # a sub-IFD of the EXIF IFD: DCF's interoperability index
     exif.get_ifd(ExifTags.IFD.GPSInfo).update(GPS)
     return exif
 
@@ -101,6 +102,7 @@ def assert_kept(path: Path, keeps: frozenset[str] = KEEPS["JPEG"], size: tuple[i
             sub = exif.get_ifd(ExifTags.IFD.Exif)
             assert (sub[0xA002], sub[0xA003]) == size and sub[0x9003] == CAMERA[306]
             assert float(sub[0x829A]) == pytest.approx(1 / 120)
+            assert 0xA005 not in sub or exif.get_ifd(ExifTags.IFD.Interop)[1] == "R98", "no pointer to nowhere"
             assert not exif.get_ifd(ExifTags.IFD.IFD1), "the old thumbnail still shows the drops"
         else:
             assert not exif.get_ifd(ExifTags.IFD.GPSInfo)
@@ -158,14 +160,20 @@ def _16bit_tiff(path: Path, exif: PIL.Image.Exif) -> Path:
     )  # fmt: skip
     info = tifftools.read_tiff(io.BytesIO(tiff.getvalue()))
     info["ifds"][0]["tags"].update(tifftools.read_tiff(io.BytesIO(exif.tobytes()[6:]))["ifds"][0]["tags"])
-    tifftools.write_tiff(info, path)
+    tifftools.write_tiff(info, path)  # (without an Interop sub-IFD: tifftools would copy its pointer as a number)
     with PIL.Image.open(path) as made:  # the fixture is what it claims
         assert made.size == (16, 24) and dict(made.getexif().get_ifd(ExifTags.IFD.GPSInfo)) == GPS
     return path
 
 
+def _exif_without_interop() -> PIL.Image.Exif:
+    exif = _exif()
+    del exif.get_ifd(ExifTags.IFD.Exif)[0xA005]
+    return exif
+
+
 def test_16bit_tiff_with_a_profile(tmp_path: Path, derainer: Derainer) -> None:
-    src = _16bit_tiff(tmp_path / "scan.tif", _exif())
+    src = _16bit_tiff(tmp_path / "scan.tif", _exif_without_interop())
     clean_file(derainer, src, tmp_path / "out.tif")
     out = read_image(tmp_path / "out.tif")
     assert out.rgb.dtype == np.uint16 and out.size == (16, 24) and out.rgb[:10, -6:].min() > 32768, "16-bit, upright"
@@ -183,17 +191,21 @@ def test_16bit_tiff_with_a_profile(tmp_path: Path, derainer: Derainer) -> None:
 
 
 def test_16bit_tiff_strip_metadata(tmp_path: Path, derainer: Derainer) -> None:
-    clean_file(derainer, _16bit_tiff(tmp_path / "scan.tif", _exif()), tmp_path / "out.tif", keep_metadata=False)
+    src = _16bit_tiff(tmp_path / "scan.tif", _exif_without_interop())
+    clean_file(derainer, src, tmp_path / "out.tif", keep_metadata=False)
     with tifffile.TiffFile(tmp_path / "out.tif") as written:
         assert written.pages[0].dtype == np.uint16 and written.pages[0].shape == (24, 16, 3)
         assert not {"ExifTag", "GPSTag", "InterColorProfile", "XMP", "Make"} & set(written.pages[0].tags.keys())
 
 
-def test_16bit_colour_png_keeps_profile_and_exif(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ext", [".png", ".tif"])  # OpenCV and tifffile encode these, not Pillow
+def test_16bit_colour_output_keeps_the_phone_metadata(tmp_path: Path, ext: str) -> None:
     metadata = read_image(_phone_jpeg(tmp_path / "a.jpg")).metadata
-    write_image(tmp_path / "out.png", Image(np.rot90(_pixels(np.uint16), -1).copy(), metadata=metadata))
-    assert read_image(tmp_path / "out.png").rgb.dtype == np.uint16
-    assert_kept(tmp_path / "out.png", KEEPS["16-bit colour PNG"])
+    pixels = np.rot90(_pixels(np.uint16), -1).copy()
+    pixels[0, 0] = (1, 2, 65534)  # values no 8-bit file holds
+    write_image(tmp_path / f"out{ext}", Image(pixels, metadata=metadata))
+    assert np.array_equal(read_image(tmp_path / f"out{ext}").rgb, pixels)
+    assert_kept(tmp_path / f"out{ext}", KEEPS[derain.imageio._FORMAT_OF[ext]])
 
 
 def test_xmp_too_large_for_jpeg_is_left_out_not_the_photo(tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ Pillow opens every file lazily: format, size, frame count and metadata (see
 :mod:`derain.metadata`) come from the header without decoding a pixel, so a decompression bomb
 is refused as cheaply as before. OpenCV decodes the pixels where it can (it is faster on large
 JPEGs and, unlike Pillow, keeps 16-bit colour); Pillow, with pillow-heif for HEIC, decodes the
-rest. Outputs are encoded by whichever library carries the metadata into that format (see
-`_encoder`). Writes go through a hidden temporary file renamed into place: an interrupted run
-never leaves half an image under the final name.
+rest. Pillow encodes outputs with their metadata, except 16-bit colour, which it cannot hold:
+OpenCV (PNG) and tifffile (TIFF) encode those pixels (see `_encoder`). Writes go through a
+hidden temporary file renamed into place: an interrupted run never leaves half an image under
+the final name.
 
 derain applies its own pixel limit (`max_pixels`), so Pillow's is lifted here, as OpenCV's is in
 derain/__init__.py.
@@ -305,7 +306,7 @@ def _to_layout(image: Image, fmt: str) -> np.ndarray:
 
 
 def _encoder(pixels: np.ndarray, fmt: str) -> Callable[[np.ndarray, str, int, Metadata | None], bytes]:
-    """Pillow carries all metadata but holds 16-bit samples only as plain gray; OpenCV and tifffile do the rest."""
+    """Pillow holds 16-bit samples only as plain gray: OpenCV and tifffile encode 16-bit colour."""
     if pixels.dtype == np.uint8 or pixels.ndim == 2:
         return _pillow_encode
     return _tifffile_encode if fmt == "TIFF" else _opencv_encode
@@ -331,7 +332,7 @@ def _opencv_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadat
 
 
 def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metadata | None) -> bytes:
-    """16-bit colour TIFF."""
+    """16-bit colour TIFF, the EXIF added by tifftools (see :func:`derain.metadata.with_tiff_exif`)."""
     import tifffile
 
     out = io.BytesIO()

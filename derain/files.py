@@ -7,14 +7,13 @@ The input is never overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .engine import Derainer, Restoration
-from .imageio import DEFAULT_MAX_PIXELS, Image, ImageError, is_image_path, read_image, write_image
+from .imageio import DEFAULT_MAX_PIXELS, Image, ImageError, read_image, write_image
 from .visualize import attention_overlay, attention_to_gray
 
 
@@ -109,13 +108,3 @@ def attention_files(
         )
     write_image(paths.overlay, overlay_image(image, maps[-1]))
     return paths
-
-
-def find_images(root: Path, exclude: Path | None = None) -> Iterator[Path]:
-    """Every image file under ``root``, recursively, sorted, skipping ``exclude`` (an output tree)."""
-    excluded = exclude.resolve() if exclude is not None else None
-    for path in sorted(root.rglob("*")):
-        if excluded is not None and (path.resolve() == excluded or excluded in path.resolve().parents):
-            continue
-        if path.is_file() and is_image_path(path) and not path.name.startswith("."):
-            yield path

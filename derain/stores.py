@@ -2,19 +2,19 @@
 
 Object stores go through pyarrow's filesystems (installed with ``derain[ray]``), which take their
 credentials and endpoint from the usual environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL`` …).
-A local folder is searched exactly as :func:`derain.files.find_images` searches it, and an
-object-store prefix by the same rules, so both engines of ``derain batch`` find the same inputs.
+A local folder and an object-store prefix are searched by the same rules (recursive, sorted,
+hidden files and the output tree left out), so both engines of ``derain batch`` find the same inputs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
-from .files import find_images, same_file
-from .imageio import is_image_path
+from .files import same_file
 
 OUTPUT_SUFFIX = "_derained"
 
@@ -80,18 +80,22 @@ class Store:
             return self.remote and other.remote and self.scheme == other.scheme and self.root == other.root
         return same_file(Path(self.root), Path(other.root))
 
-    def images(self, exclude: Store | None = None) -> list[PurePath]:
-        """Every image file under the root, recursively, sorted, skipping ``exclude``'s tree and hidden files."""
-        if not self.remote:
-            skip = Path(exclude.root) if exclude is not None and not exclude.remote else None
-            return list(find_images(Path(self.root), exclude=skip))
-        skip = exclude.root if exclude is not None and exclude.remote else None
+    def files(self, wanted: Callable[[Path], bool], exclude: Store | None = None) -> list[PurePath]:
+        """Every ``wanted`` file under the root, recursively, sorted, skipping ``exclude``'s tree and hidden files."""
+        if self.remote:
+            found: Iterable[PurePath] = sorted(self._files())
+            skip = exclude.root if exclude is not None and exclude.remote else None
+            where: Callable[[PurePath], PurePath] = lambda path: path  # noqa: E731
+        else:
+            found = (path for path in sorted(Path(self.root).rglob("*")) if path.is_file())
+            skip = Path(exclude.root).resolve() if exclude is not None and not exclude.remote else None
+            where = lambda path: Path(path).resolve()  # noqa: E731  (through links, as the output tree is named)
         return [
             path
-            for path in sorted(self._files())
-            if is_image_path(Path(path.name))
+            for path in found
+            if wanted(Path(path.name))
             and not path.name.startswith(".")
-            and not (skip is not None and (path == skip or skip in path.parents))
+            and not (skip is not None and (where(path) == skip or skip in where(path).parents))
         ]
 
     def exists(self, path: PurePath) -> bool:

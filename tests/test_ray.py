@@ -21,17 +21,19 @@ from .test_cli import _truncated_png, assert_fails, assert_no_temp_files, digest
 from .test_imageio import _jpeg_with_exif
 
 KILL_ON = "DERAIN_TEST_KILL_ON"
-"""Names a file; while it exists, the Ray worker that is about to clean the file it names kills itself."""
+"""Names a file; while it exists, the Ray worker that has just made the output of the file it
+names (complete, not yet in place) kills itself."""
 
 
 def _die_when_told() -> None:
-    """Ray worker setup hook: SIGKILL this worker at the file that the kill file names (once)."""
+    """Ray worker setup hook: SIGKILL this worker mid-job at the file that the kill file names (once)."""
     import derain.distributed
 
     order = Path(os.environ[KILL_ON])
     clean_file = derain.distributed.clean_file
 
-    def clean_or_die(derainer, src: Path, *args, **kwargs):
+    def clean_and_die(derainer, src: Path, *args, **kwargs):
+        clean_file(derainer, src, *args, **kwargs)
         if order.exists() and Path(src).name == order.read_text():
             try:
                 order.unlink()  # only one worker wins
@@ -39,9 +41,8 @@ def _die_when_told() -> None:
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return clean_file(derainer, src, *args, **kwargs)
 
-    derain.distributed.clean_file = clean_or_die
+    derain.distributed.clean_file = clean_and_die
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +140,61 @@ def test_a_killed_worker_loses_nothing(
     cluster: Path, local: tuple[Path, Result], tmp_path: Path, model: list[str]
 ) -> None:
     _folder(tmp_path / "in")
-    cluster.write_text("2.jpg")  # the worker that takes a/b/2.jpg dies with SIGKILL, mid-run
+    cluster.write_text("2.jpg")  # the worker dies with SIGKILL once it has made a/b/2.jpg's output
     result = run("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray", *model)
     assert not cluster.exists(), "no worker was killed"
     assert result.exit_code == 1, result.output
     assert _summary(result, tmp_path) == _summary(local[1], local[0])
     assert digest(tmp_path / "out") == digest(local[0] / "out")
-    assert_no_temp_files(tmp_path / "out")
+    assert_no_temp_files(tmp_path / "out")  # nor the scratch folder the killed job wrote in
+
+
+@pytest.mark.ray
+def test_each_video_is_one_task_mirrored(cluster: Path, tmp_path: Path, model: list[str], tiny_weights: Path) -> None:
+    pytest.importorskip("av", reason='PyAV is not installed here (pip install "derain[video]")')
+    from derain.engine import Derainer
+    from derain.video import clean_video
+
+    from .test_video import audio_payload, make_clip, video_frames
+
+    for day in ("day1", "day2"):
+        (tmp_path / "in" / day).mkdir(parents=True)
+    drive = make_clip(tmp_path / "in" / "day1" / "drive.mp4")
+    robot = make_clip(tmp_path / "in" / "day2" / "robot.ts", frames=4, audio=False)
+    (tmp_path / "in" / "day2" / "broken.mov").write_text("not a video")
+    photo(tmp_path / "in" / "day2" / "still.png", np.random.default_rng(0))
+    out = tmp_path / "out"
+    result = run("batch", tmp_path / "in", "-o", out, "--engine", "ray", *model)
+    assert result.exit_code == 1, result.output
+    assert "3 done, 0 skipped, 1 failed" in result.output
+    assert f"{tmp_path / 'in' / 'day2' / 'broken.mov'}: not a video FFmpeg can read" in result.output
+    assert files_under(out) == {"day1/drive.mp4", "day2/robot.mkv", "day2/still.png"}  # as `derain video` names them
+    assert video_frames(out / "day1" / "drive.mp4") == video_frames(drive)
+    assert audio_payload(out / "day1" / "drive.mp4") == audio_payload(drive)
+    assert len(video_frames(out / "day2" / "robot.mkv")) == len(video_frames(robot))
+    derainer = Derainer(tiny_weights, device="cpu")  # the same clip as `derain video` makes
+    clean_video(derainer, drive, tmp_path / "alone.mp4")
+    assert (tmp_path / "alone.mp4").read_bytes() == (out / "day1" / "drive.mp4").read_bytes()
+    assert_no_temp_files(out)
+    result = run("batch", tmp_path / "in", "-o", out, "--engine", "ray", *model)
+    assert "0 done, 3 skipped, 1 failed" in result.output  # a rerun resumes: done clips are not redone
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("options", "reason", "before_any_actor"),
+    [
+        (["--device", "cuda"], "CUDA was requested but the Ray cluster has no GPUs (try --device cpu)", True),
+        (["--device", "cpu", "--precision", "fp16"], "fp16 is not supported on the CPU", False),
+    ],
+)
+def test_a_model_the_cluster_cannot_run_is_one_line(
+    cluster: Path, tmp_path: Path, tiny_weights: Path, options: list[str], reason: str, before_any_actor: bool
+) -> None:
+    photo(tmp_path / "in" / "1.png", np.random.default_rng(0))
+    result = run("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray", "-w", tiny_weights, *options)
+    assert_fails(result, 2, reason, one_line=before_any_actor)  # else the progress bar has started
+    assert files_under(tmp_path / "out") == set()
 
 
 @pytest.mark.ray

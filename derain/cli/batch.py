@@ -15,9 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import distributed
 from ..engine import Derainer
 from ..files import overlay_path_for, write_outputs
-from ..imageio import IMAGE_EXTENSIONS, Image, read_image
+from ..imageio import IMAGE_EXTENSIONS, Image, is_image_path, read_image
 from ..stores import Store, is_uri
-from ..video import count_videos
+from ..video import VIDEO_EXTENSIONS, is_video_path, video_output_path
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -139,7 +139,10 @@ def _run_ray(
         model = {**model, "weights": str(Path(weights).absolute())}
     native = [(source.native(src), target.native(dst)) for src, dst in jobs]
     failed: dict[int, str] = {}
-    results = distributed.run(native, source.fs, target.fs, model, step, address, workers)
+    try:
+        results = distributed.run(native, source, target, model, step, address, workers)
+    except distributed.SetupFailed as exc:
+        raise BadSetup(str(exc)) from None
     with _progress() as progress:
         task = progress.add_task("Deraining on Ray", total=len(jobs), file="")
         try:
@@ -155,7 +158,7 @@ def _run_ray(
         except distributed.SetupFailed as exc:
             raise BadSetup(str(exc)) from None
         finally:
-            results.close()  # stops the Ray job (and a Ray started for it)
+            results.close()  # stops the Ray job (and a Ray started for it), clears its scratch folder
     summary.failed += [(jobs[i][0], failed[i]) for i in sorted(failed)]
 
 
@@ -243,18 +246,28 @@ def batch(
         raise InputFailed(
             f"{target}: the output folder must differ from the input folder (inputs are never overwritten)"
         )
-    sources = source.images(exclude=target)
-    videos = 0 if source.remote else count_videos(Path(source.root))
-    if videos:  # each needs its own settings and progress: `derain video`
-        console.print(f"[yellow]note[/]: skipping {videos} video file(s); clean them with `derain video`")
+    sources = source.files(is_image_path, exclude=target)
+    videos = source.files(is_video_path, exclude=target)
+    if engine == "ray":  # one task per clip, so that a folder of clips spreads over the cluster
+        sources = sorted(sources + videos)
+    elif videos:  # each needs its own settings and progress: `derain video`
+        console.print(
+            f"[yellow]note[/]: skipping {len(videos)} video file(s); clean them with `derain video` or --engine ray"
+        )
     if not sources:
-        looked_for = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+        wanted = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if engine == "ray" else IMAGE_EXTENSIONS
+        looked_for = ", ".join(sorted(e[1:] for e in wanted))
         raise InputFailed(f"{input_dir}: no images found (looked for {looked_for})")
     summary = Summary()
     jobs, claimed = [], {}
     for src in sources:
-        dst = with_ext(target.root / src.relative_to(source.root), ext)
-        outputs = [dst, overlay_path_for(dst)] if with_overlay else [dst]
+        mirrored = target.root / src.relative_to(source.root)
+        if is_video_path(Path(src.name)):  # the same name, in a container that holds H.264
+            dst = video_output_path(mirrored, suffix="")
+            outputs = [dst]
+        else:
+            dst = with_ext(mirrored, ext)
+            outputs = [dst, overlay_path_for(dst)] if with_overlay else [dst]
         taken = next((out for out in outputs if out in claimed), None)
         if taken is not None:  # e.g. a.jpg and a.png with --ext png
             summary.failed.append((src, f"its output {taken.name} is already taken by {claimed[taken].name}"))

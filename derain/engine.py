@@ -173,8 +173,8 @@ class Derainer:
     ) -> Iterator[np.ndarray]:
         """Clean a stream of video frames (H×W×3 RGB), one out per frame in, in order.
 
-        With ``fuse``, pixels a drop hides are taken from the ``window`` frames on each side
-        where those saw them clearly (see :mod:`derain.fusion`); only a window of frames is held.
+        With ``fuse``, pixels a drop hides are taken from frames up to ``window`` away on each
+        side where those saw them clearly (see :mod:`derain.fusion`); only a window of frames is held.
         """
         from .frames import derain_frames  # frames builds on this module
 
@@ -203,6 +203,33 @@ class Derainer:
         restored = np.clip(np.rint(out * scale), 0, scale).astype(image.dtype)
         attention = [np.clip(m[:height, :width], 0.0, 1.0) for m in maps] if with_attention else None
         return Restoration(restored, attention)
+
+    def batch_size(self, height: int, width: int) -> int:
+        """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
+        else as many as the free memory allows (up to :data:`MAX_TILE_BATCH`)."""
+        ph, pw = height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
+        if self.device.type == "cpu" or self._tile_size(ph, pw) < max(ph, pw):
+            return 1
+        return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
+
+    def run_batch(self, images: list[np.ndarray]) -> list[Restoration]:
+        """:meth:`run` with attention on each image, in one forward pass when they share a size and
+        dtype (video frames; size the list with :meth:`batch_size`). Same results, image by image."""
+        if len(images) == 1 or len({(i.shape, i.dtype) for i in images}) > 1:
+            return [self.run(i, with_attention=True) for i in images]
+        scale = _check_image(images[0])
+        height, width = images[0].shape[:2]
+        batch = np.stack([_pad_to_multiple(i, SIZE_MULTIPLE) for i in images])
+        bgr = self.weights_info.channel_order == "BGR"
+        try:
+            out = self._forward(batch[..., ::-1] if bgr else batch, scale)
+        except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
+            torch.cuda.empty_cache()
+            return [self.run(i, with_attention=True) for i in images]
+        restored = out.image[:, :height, :width, ::-1] if bgr else out.image[:, :height, :width]
+        restored = np.clip(np.rint(restored * scale), 0, scale).astype(images[0].dtype)
+        maps = [np.clip(m[:, :height, :width], 0.0, 1.0) for m in out.attention]
+        return [Restoration(restored[k], [m[k] for m in maps]) for k in range(len(images))]
 
     # --- internals --------------------------------------------------------------------------
 

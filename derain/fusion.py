@@ -3,10 +3,16 @@
 Drops sit on the glass while the scene moves behind them, so after warping a neighbour onto the
 current frame (dense optical flow, OpenCV's DIS, computed on the *derained* frames so the drops
 do not pin the flow to the glass), a pixel this frame's attention calls "drop" may land where the
-neighbour's attention says "clear". There the neighbour's pixel is taken, weighted by how much
-clearer it is and by forward-backward flow consistency; everywhere else the single-frame output
-stays as it was. A static camera keeps the drops over the same scene in every frame, so nothing
-is clearer anywhere and the result equals the single-frame output: fusion never invents change.
+neighbour's attention says "clear". There the neighbour's pixel is taken, weighted by how clear
+it is there and by forward-backward flow consistency; everywhere else the single-frame output
+stays as it was. A static camera keeps the drops over the same scene in every frame, so no
+neighbour sees more and the result is the single-frame output: fusion never invents change.
+
+A drop as wide as a tenth of the frame needs the scene to move that far before a neighbour
+sees behind it, which takes a slow pan many frames. So the neighbours are not the adjacent
+frames only but frames 1, 2, 4, 8 … up to the window apart on each side: the reach of a wide
+window for the flow computations of a few frames. Flow to a distant frame starts from the
+chained flows to the frames in between, so large displacements are followed.
 """
 
 from __future__ import annotations
@@ -17,20 +23,30 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
-DEFAULT_RADIUS = 3
-"""Neighbours on each side of a frame that may lend it pixels (a window of 2·radius + 1 frames)."""
+DEFAULT_RADIUS = 16
+"""How many frames away, on each side, a neighbour may lend pixels (½ s at 30 fps)."""
 FLOW_WIDTH = 640
 """Flow is computed at most this wide (and scaled up): large frames cost no more, camera motion is smooth."""
-CONSISTENCY_PX = 2.0
-"""Forward-backward flow error (pixels) at which a neighbour's weight falls to 1/e: occlusions, bad matches."""
-DROP_GAIN = 1.5
-"""Attention is scaled by this (and clipped to 1) to say "drop": its maps run low inside large drops."""
-SELF_WEIGHT_FLOOR = 0.05
+CONSISTENCY = 1.0
+"""Forward-backward flow error (pixels at flow resolution) at which a neighbour's weight falls to 1/e."""
+DROP_LOW, DROP_HIGH = 0.1, 0.35
+"""Attention below DROP_LOW is clear, above DROP_HIGH a drop, smooth in between."""
+DROP_GROW = 0.006
+"""Drop maps are widened by this fraction of the frame width: a blob's soft rim is drop too."""
+SELF_WEIGHT_FLOOR = 0.02
+"""Weight the frame's own output keeps under a drop, so it wins where no neighbour saw clearer."""
 DROP_MARGIN = 9
 """Pixels (at flow resolution) around a drop whose flow is also distrusted: DIS blocks straddle the edge."""
+FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
+"""Camera-motion fit: every 4th pixel of the clear scene, at least 40 of them, RANSAC within 1 px."""
 FILL_SCALES = (0.03, 0.1, 0.3)
 """Gaussian widths, as fractions of the frame, tried in turn to fill the flow inside drops."""
-"""Weight the frame's own output keeps even under full attention, so it wins where no neighbour is clearer."""
+
+
+def neighbour_offsets(radius: int) -> list[int]:
+    """Frame offsets that lend pixels: ±1, ±2, ±4 … and ±radius itself."""
+    steps = [1 << k for k in range(radius.bit_length()) if 1 << k < radius] + [radius] if radius > 0 else []
+    return [s for step in steps for s in (-step, step)]
 
 
 def luma8(rgb: np.ndarray) -> np.ndarray:
@@ -40,21 +56,33 @@ def luma8(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
+def drop_map(attention: np.ndarray) -> np.ndarray:
+    """Where the frame has drops, 0…1 (float32), from the model's attention: thresholded and widened."""
+    h, w = attention.shape
+    x = np.clip((attention.astype(np.float32) - DROP_LOW) / (DROP_HIGH - DROP_LOW), 0.0, 1.0)
+    drops = x * x * (3.0 - 2.0 * x)  # smooth step
+    grow = max(1, round(DROP_GROW * w))
+    return cv2.dilate(drops, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+
+
 class FlowField:
     """Dense optical flow between the frames of a window, computed at a bounded width, cached per pair.
 
-    Inside drops the derained frames still carry some residue that sits still on the glass, and
-    DIS follows it: the flow there says "no motion" (and agrees forward and backward). So where a
-    frame's drop map is high, the flow is replaced by the flow of the clear surroundings
-    (normalised convolution, widening until every pixel has support): camera motion is smooth.
+    The camera's motion between consecutive frames is fitted with a homography (RANSAC on the
+    DIS flow where no drop is): pans, zooms and rolls of a distant scene are one. Chained, the
+    homographies start DIS on a distant frame near the answer, so large displacements are found;
+    DIS then follows what the homography misses (parallax, moving objects). Inside drops the
+    derained frames still carry residue that sits still on the glass, and DIS follows it; there
+    the flow is the homography's plus the smoothed difference of the clear surroundings.
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self.width = width
         self.grays: dict[int, np.ndarray] = {}
-        self.trust: dict[int, np.ndarray | None] = {}
+        self.trust: dict[int, np.ndarray] = {}
         self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.steps: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, index: int, gray: np.ndarray, drops: np.ndarray | None = None) -> None:
         """Frame ``index`` (8-bit luma) and, optionally, where it has drops (H×W in [0, 1])."""
@@ -63,10 +91,15 @@ class FlowField:
         size = (max(8, round(w * scale)), max(8, round(h * scale)))
         small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else gray
         self.grays[index] = small
-        self.trust[index] = None if drops is None else _trust(cv2.resize(drops, size, interpolation=cv2.INTER_AREA))
+        clear = (
+            np.zeros(small.shape, np.float32)
+            if drops is None
+            else cv2.resize(drops, size, interpolation=cv2.INTER_AREA)
+        )
+        self.trust[index] = _trust(clear)
 
     def flow(self, a: int, b: int) -> np.ndarray:
-        """H×W×2 float32 flow F with frame a at x matching frame b at x + F(x)."""
+        """H×W×2 float32 flow F (at flow resolution) with frame a at x matching frame b at x + F(x)."""
         if (a, b) not in self.cache:
             self.cache[(a, b)] = self._compute(a, b)
         return self.cache[(a, b)]
@@ -76,14 +109,41 @@ class FlowField:
         for store in (self.grays, self.trust):
             for i in [i for i in store if i < index]:
                 del store[i]
-        for key in [k for k in self.cache if min(k) < index]:
-            del self.cache[key]
+        for cache in (self.cache, self.steps):
+            for key in [k for k in cache if min(k) < index]:
+                del cache[key]
+
+    def camera(self, a: int, b: int) -> np.ndarray:
+        """3×3 homography taking frame a's pixels (flow resolution) to frame b's: consecutive fits, chained."""
+        direction = 1 if b > a else -1
+        chained = np.eye(3)
+        for t in range(a, b, direction):
+            if (t, t + direction) not in self.steps:
+                self.steps[(t, t + direction)] = self._fit(t, t + direction)
+            chained = self.steps[(t, t + direction)] @ chained
+        return chained
+
+    def _fit(self, a: int, b: int) -> np.ndarray:
+        """The homography that best explains the DIS flow from a to b where a has no drops."""
+        flow = self.dis.calc(self.grays[a], self.grays[b], None)
+        h, w = flow.shape[:2]
+        ys, xs = np.mgrid[0:h:FIT_STEP, 0:w:FIT_STEP]
+        ys, xs = ys[self.trust[a][ys, xs] > 0.9], xs[self.trust[a][ys, xs] > 0.9]
+        if len(xs) >= FIT_MIN_POINTS:
+            src = np.stack([xs, ys], axis=1).astype(np.float32)
+            homography, _ = cv2.findHomography(src, src + flow[ys, xs], cv2.RANSAC, FIT_TOLERANCE)
+            if homography is not None:
+                return homography
+        shift = np.eye(3)  # too little clear scene to fit: the median motion
+        shift[:2, 2] = np.median(flow.reshape(-1, 2), axis=0)
+        return shift
 
     def _compute(self, a: int, b: int) -> np.ndarray:
-        flow = self.dis.calc(self.grays[a], self.grays[b], None)
-        if self.trust[a] is not None:
-            flow = _fill_untrusted(flow, self.trust[a])
-        return flow
+        h, w = self.grays[a].shape
+        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+        start = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), self.camera(a, b)).reshape(h, w, 2) - grid
+        flow = self.dis.calc(self.grays[a], self.grays[b], np.ascontiguousarray(start))  # given: DIS refines it
+        return start + _fill_untrusted(flow - start, self.trust[a])
 
 
 def _trust(drops: np.ndarray) -> np.ndarray:
@@ -129,49 +189,70 @@ def warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return warped, inside
 
 
+def consistency(flows: FlowField, a: int, b: int) -> np.ndarray:
+    """0…1 per pixel of frame a (flow resolution): does b's flow lead back, and does x + F(x) lie inside b?"""
+    forward = flows.flow(a, b)
+    backward, inside = warp(flows.flow(b, a), forward)
+    error = np.linalg.norm(forward + backward, axis=2)
+    return np.exp(-((error / CONSISTENCY) ** 2)) * inside
+
+
+def _neighbour(
+    current: int, other: int, frames: dict[int, np.ndarray], drops: dict[int, np.ndarray], flows: FlowField
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``other`` warped onto ``current`` (float32) and how far to believe it at each pixel:
+    it saw the scene there clear (its drop map) and the flow leads back (forward-backward)."""
+    h, w = frames[current].shape[:2]
+    forward = full_size(flows.flow(current, other), h, w)
+    trusted = cv2.resize(consistency(flows, current, other), (w, h), interpolation=cv2.INTER_LINEAR)
+    seen, _ = warp(frames[other].astype(np.float32), forward)
+    theirs, _ = warp(drops[other], forward)
+    return seen, (1.0 - theirs) * trusted
+
+
 def fuse_frame(
-    current: int, frames: dict[int, np.ndarray], attention: dict[int, np.ndarray], flows: FlowField
+    current: int, frames: dict[int, np.ndarray], drops: dict[int, np.ndarray], flows: FlowField
 ) -> np.ndarray:
-    """Frame ``current`` with drop pixels replaced where a neighbour in ``frames`` saw them clearer."""
+    """Frame ``current`` with drop pixels taken from the neighbours in ``frames`` that saw them clear.
+
+    Where this frame's drop map (:func:`drop_map`) is high, each neighbour's warped pixel counts
+    as much as it saw the scene there clear and its flow holds; the frame's own output keeps a
+    small weight, so it stays wherever no neighbour saw more. Elsewhere the output is its own.
+    """
     image = frames[current]
-    h, w = image.shape[:2]
-    att = attention[current]
-    own = np.maximum(1.0 - att, SELF_WEIGHT_FLOOR)
-    total = own[..., None] * image.astype(np.float32)
-    weight = own.copy()
+    here = drops[current]
+    if not here.any():
+        return image
+    keep = np.maximum(1.0 - here, SELF_WEIGHT_FLOOR)
+    total = keep[..., None] * image.astype(np.float32)
+    weight = keep.copy()
     for other in frames:
-        if other == current:
-            continue
-        forward = full_size(flows.flow(current, other), h, w)
-        backward, _ = warp(full_size(flows.flow(other, current), h, w), forward)
-        error = np.linalg.norm(forward + backward, axis=2)
-        seen, inside = warp(frames[other].astype(np.float32), forward)
-        their_att, _ = warp(attention[other], forward)
-        gain = np.clip(att - their_att, 0.0, 1.0) * np.exp(-((error / CONSISTENCY_PX) ** 2)) * inside
-        total += gain[..., None] * seen
-        weight += gain
-    top = np.iinfo(image.dtype).max
-    return np.clip(np.rint(total / weight[..., None]), 0, top).astype(image.dtype)
+        if other != current:
+            seen, belief = _neighbour(current, other, frames, drops, flows)
+            total += (here * belief)[..., None] * seen
+            weight += here * belief
+    return np.clip(np.rint(total / weight[..., None]), 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
 def fuse(restorations: Iterable[tuple[np.ndarray, np.ndarray]], radius: int = DEFAULT_RADIUS) -> Iterator[np.ndarray]:
     """Fused frames, one per input, in order, from (derained frame, attention map) pairs.
 
-    Holds at most 2·radius + 1 frames: each frame is released once its last neighbour arrived.
+    Holds at most 2·radius + 1 frames: each frame is released once its farthest neighbour arrived.
     ``radius`` 0 returns the derained frames unchanged.
     """
     if radius < 0:
         raise ValueError("the fusion radius must be ≥ 0")
     frames: dict[int, np.ndarray] = {}
-    attention: dict[int, np.ndarray] = {}
+    drops: dict[int, np.ndarray] = {}
     flows = FlowField()
     pending: deque[int] = deque()
+    offsets = neighbour_offsets(radius)
 
     def emit(current: int) -> np.ndarray:
-        near = {i: frames[i] for i in range(current - radius, current + radius + 1) if i in frames}
-        fused = fuse_frame(current, near, {i: attention[i] for i in near}, flows)
+        near = {i: frames[i] for i in [current, *(current + k for k in offsets)] if i in frames}
+        fused = fuse_frame(current, near, {i: drops[i] for i in near}, flows)
         oldest = current - radius + 1
-        for store in (frames, attention):
+        for store in (frames, drops):
             for i in [i for i in store if i < oldest]:
                 del store[i]
         flows.forget_before(oldest)
@@ -181,8 +262,8 @@ def fuse(restorations: Iterable[tuple[np.ndarray, np.ndarray]], radius: int = DE
         if radius == 0:
             yield image
             continue
-        frames[index], attention[index] = image, np.clip(att.astype(np.float32) * DROP_GAIN, 0.0, 1.0)
-        flows.add(index, luma8(image), attention[index])
+        frames[index], drops[index] = image, drop_map(att)
+        flows.add(index, luma8(image), drops[index])
         pending.append(index)
         if pending[0] + radius <= index:
             yield emit(pending.popleft())

@@ -300,9 +300,10 @@ def clean_video(
 ) -> int:
     """Derain the video ``src`` into ``dst``; returns the number of frames written.
 
-    ``fuse`` takes pixels from the ``radius`` frames on each side where they saw through a
-    drop (see :mod:`derain.fusion`); ``start``/``end`` (seconds) do a part, its timestamps
-    shifted to begin at zero. ``on_frame(n)`` is called after every written frame.
+    ``fuse`` takes pixels from frames up to ``radius`` away on each side (1, 2, 4 … apart)
+    where they saw the scene behind a drop (see :mod:`derain.fusion`); ``start``/``end``
+    (seconds) do a part, its timestamps shifted to begin at zero. ``on_frame(n)`` is called
+    after every written frame.
     """
     av = require_av()
     src, dst = Path(src), Path(dst)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from derain.engine import Derainer
-from derain.frames import _run_batch, derain_frames
-from derain.fusion import fuse
+from derain.frames import derain_frames
+from derain.fusion import fuse, neighbour_offsets
 from derain.video_eval import consecutive_flows, flicker
 
 SHIFT = 3  # pixels the scene moves left per frame
@@ -42,6 +42,29 @@ def test_fusion_recovers_a_patch_a_neighbour_saw() -> None:
     assert before > 30 and after < before / 4
 
 
+def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> None:
+    truth = panning(17)
+    patch = (slice(24, 48), slice(36, 60))  # 24 px wide: frames closer than 8 see drop here too
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[patch] = 1.0
+    damaged = [f.copy() for f in truth]
+    for f in damaged:
+        f[patch] = 128  # the drop spoils every frame's output at the same place on the glass
+
+    def error(radius: int) -> float:
+        fused = list(fuse([(f, attention) for f in damaged], radius=radius))
+        return float(np.abs(fused[8][patch].astype(int) - truth[8][patch]).mean())
+
+    assert error(8) < error(2) / 3
+
+
+def test_neighbours_are_powers_of_two_up_to_the_window() -> None:
+    assert neighbour_offsets(0) == []
+    assert neighbour_offsets(1) == [-1, 1]
+    assert neighbour_offsets(12) == [-1, 1, -2, 2, -4, 4, -8, 8, -12, 12]
+    assert neighbour_offsets(16)[-2:] == [-16, 16]
+
+
 def test_fusion_changes_nothing_without_drops_or_without_motion() -> None:
     frames = panning(4)
     clear = np.zeros(frames[0].shape[:2], np.float32)
@@ -73,7 +96,7 @@ def test_flicker_is_zero_for_a_steady_clip_and_measures_a_brightness_jump() -> N
 def test_batched_frames_match_one_at_a_time(tiny_weights) -> None:
     derainer = Derainer(tiny_weights, device="cpu", precision="fp32")
     frames = panning(3, 66, 50)  # not a multiple of 4: padded and cropped back
-    batched = _run_batch(derainer, frames)
+    batched = derainer.run_batch(frames)
     for frame, result in zip(frames, batched):
         alone = derainer.run(frame, with_attention=True)
         assert np.abs(result.image.astype(int) - alone.image).max() <= 1

@@ -9,9 +9,8 @@ import click
 from rich.table import Table
 
 from ..evaluate import ImageScore, evaluate
-from ..fusion import DEFAULT_RADIUS
 from .common import InputFailed, console, friendly, load_derainer, model_options
-from .video_cmd import eval_video
+from .video_cmd import eval_video, window_option
 
 
 @click.command("eval")
@@ -33,7 +32,7 @@ from .video_cmd import eval_video
     is_flag=True,
     help="ROOT holds clips (as `derain synth-video` writes): score temporal fusion against per-frame, and flicker.",
 )
-@click.option("--window", default=DEFAULT_RADIUS, show_default=True, type=click.IntRange(0, 8), help="With --video.")
+@window_option
 @model_options
 @friendly
 def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: bool, window: int, **model: str) -> None:

@@ -58,11 +58,6 @@ def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def count_videos(root: Path) -> int:
-    """Video files under ``root``, recursively (``derain batch`` says it skips them)."""
-    return sum(1 for p in root.rglob("*") if p.is_file() and is_video_path(p) and not p.name.startswith("."))
-
-
 def video_output_path(path: Path, suffix: str = "_derained") -> Path:
     """``<stem><suffix>`` beside the input, in the input's container when it can hold H.264 and any audio, else .mkv."""
     ext = path.suffix.lower() if path.suffix.lower() in KEPT_CONTAINERS else ".mkv"
@@ -285,6 +280,27 @@ class _Timing:
         return packet
 
 
+class _FrameClock:
+    """The output frames' times: the decoded ones, or frame numbers at the stream's rate where
+    the input stores no presentation times (AVI, whose H.264 B-frames decode with times out of
+    order) or a time goes backwards. An encoder refuses times that do not increase."""
+
+    NO_PRESENTATION_TIMES = frozenset({"avi"})
+
+    def __init__(self, source, container_format: str) -> None:
+        rate = source.average_rate or source.guessed_rate or Fraction(25)
+        self.step = max(1, round(1 / (rate * source.time_base)))
+        self.numbered = container_format in self.NO_PRESENTATION_TIMES
+        self.last: int | None = None
+
+    def __call__(self, pts: int | None) -> int | None:
+        if self.last is not None and (self.numbered or pts is None or pts <= self.last):
+            self.numbered = True  # from here on: evenly spaced after the last good time
+            pts = self.last + self.step
+        self.last = pts
+        return pts
+
+
 def clean_video(
     derainer: Derainer,
     src: Path,
@@ -380,10 +396,11 @@ def _transcode(av, container, items, tmp, info, codec, crf, timing, shift, proce
                     copy(item)
 
         offset = timing.ticks(source.time_base)
+        retime = _FrameClock(source, container.format.name)
         count = 0
         try:
             for rgb in process(frames()):
-                pts = stamps[count]
+                pts = retime(stamps[count])
                 writer.put(_to_frame(av, rgb, None if pts is None else pts - offset, stream))
                 count += 1
                 if on_frame:

@@ -124,6 +124,16 @@ def test_refuses_to_overwrite_input_and_bad_times(tmp_path: Path, derainer: Dera
     assert result.exit_code == 2 and "not a time" in result.output
 
 
+def test_h264_in_avi_comes_out_in_order(tmp_path: Path, derainer: Derainer) -> None:
+    """AVI stores no presentation times: its B-frames decode with times out of order."""
+    src = make_clip(tmp_path / "dashcam.avi", frames=8, audio=False)
+    assert [pts for pts, _ in video_frames(src)] != sorted(pts for pts, _ in video_frames(src))
+    dst = tmp_path / "out.mkv"
+    assert clean_video(derainer, src, dst) == 8
+    times = [pts for pts, _ in video_frames(dst)]
+    assert len(times) == 8 and times == sorted(set(times))
+
+
 def test_default_output_names() -> None:
     assert video_output_path(Path("a/dash.MP4")) == Path("a/dash_derained.mp4")
     assert video_output_path(Path("clip.webm")) == Path("clip_derained.mkv")  # WebM cannot hold H.264

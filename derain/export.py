@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .imageio import _write_atomic
+from .imageio import write_atomic
 from .model import SIZE_MULTIPLE, Generator
 from .weights import load_weights, resolve_shipped
 
@@ -87,5 +87,5 @@ def export_onnx(path: Path, weights: str | Path | None = None, steps: int | None
     }
     onnx.helper.set_model_props(graph, metadata)
     graph.doc_string = "Raindrop removal (Attentive GAN, Qian et al. CVPR 2018), exported by derain"
-    _write_atomic(Path(path), graph.SerializeToString())
+    write_atomic(Path(path), graph.SerializeToString())
     return metadata

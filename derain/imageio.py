@@ -153,7 +153,7 @@ def write_image(path: Path, image: Image, quality: int = 95) -> None:
         raise ImageError(f"{path}: {exc}") from None
     except Exception as exc:  # three encoders, each with its own exception types
         raise ImageError(f"{path}: could not encode the image as {ext} ({exc})") from None
-    _write_atomic(path, data)
+    write_atomic(path, data)
 
 
 def output_path_for(path: Path, suffix: str = "_derained", ext: str | None = None) -> Path:
@@ -349,7 +349,7 @@ def _tifffile_encode(pixels: np.ndarray, fmt: str, quality: int, metadata: Metad
     return meta.with_tiff_exif(out.getvalue(), metadata)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write a hidden temp file beside `path`, fsync, rename it over `path`; never leave the temp file behind."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:  # os.open rather than mkstemp: mode 0o666 minus the umask, like any other new file

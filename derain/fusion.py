@@ -91,12 +91,12 @@ class FlowField:
         size = (max(8, round(w * scale)), max(8, round(h * scale)))
         small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else gray
         self.grays[index] = small
-        clear = (
+        small_drops = (
             np.zeros(small.shape, np.float32)
             if drops is None
             else cv2.resize(drops, size, interpolation=cv2.INTER_AREA)
         )
-        self.trust[index] = _trust(clear)
+        self.trust[index] = _trust(small_drops)
 
     def flow(self, a: int, b: int) -> np.ndarray:
         """H×W×2 float32 flow F (at flow resolution) with frame a at x matching frame b at x + F(x)."""

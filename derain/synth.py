@@ -33,7 +33,8 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3"
+RENDERER_VERSION = "3.1"
+"""3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass)."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -381,18 +382,21 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         alpha_blurred = optics.defocus(alpha, shot.glass_blur)
         rainy = scene * (1.0 - alpha_blurred[..., None]) + optics.defocus(drops * alpha[..., None], shot.glass_blur)
         near = cv2.dilate((alpha_blurred > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2)
+        wet = optics.defocus(alpha, max(shot.glass_blur, 20.0 * scale) * 2)  # share of the glass wet nearby
         if shot.haze:
-            wet = optics.defocus(alpha, max(shot.glass_blur, 20.0 * scale) * 2)
             veil = float(scene.mean()) * _uniform(rng, cfg.haze_brightness)
             patchy = wet * (1.0 + 0.5 * _low_freq_noise(rng, (h, w)))
             amount = shot.haze * np.clip(cfg.haze_floor + patchy, 0.0, 1.5)
             rainy = rainy * (1.0 - amount[..., None]) + amount[..., None] * veil
             near |= (amount > 0.01).astype(np.uint8)  # a strong veil is rain too: the map may cover it
         if lamps is not None:
-            # light scattered by the wet glass around each lamp; peak ≈ glare × the lamp's radiance
+            # light scattered around each lamp by the water in front of it: peak ≈ glare × the lamp's
+            # radiance where the glass is all wet, none through dry glass
             sigma = _uniform(rng, cfg.glare_sigma) * scale
             spread = 2.0 * sigma**2 / (np.mean(cfg.lamp_radius) * scale) ** 2
-            rainy = rainy + _uniform(rng, cfg.glare) * spread * cv2.GaussianBlur(lamps, (0, 0), sigma)
+            halo = _uniform(rng, cfg.glare) * spread * cv2.GaussianBlur(lamps, (0, 0), sigma) * wet[..., None]
+            rainy = rainy + halo
+            near |= (halo.max(axis=2) > 0.001).astype(np.uint8)
     rainy_srgb, clean_srgb = optics.linear_to_srgb(rainy), optics.linear_to_srgb(scene)
     if not empty:
         mask = _visible_change(rainy_srgb, clean_srgb, near, cfg)

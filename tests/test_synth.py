@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import math
 
@@ -81,6 +82,29 @@ def test_the_wet_glass_veil_lies_where_the_water_is():
         rainy, target, mask = render_raindrops(clean, np.random.default_rng(2), cfg)
         assert mask.any()
         assert untouched(np.mean(np.all(rainy == target, axis=2))), f"haze_floor={floor}"
+
+
+def test_night_glare_lies_where_the_water_is_and_is_marked_as_rain():
+    """Glare is lamp light scattered by water: dry glass adds none, and what it adds is in the mask
+    (unmasked halos taught a model to dim every dark photo)."""
+    night = _photo(240, 320).astype(np.float32) / 255
+    cfg = RenderConfig(
+        night_prob=1.0,
+        lamps=(15, 15),
+        glare=(0.12, 0.12),
+        glare_sigma=(40.0, 40.0),
+        haze_prob=0.0,
+        noise_prob=0.0,
+        jpeg_prob=0.0,
+        empty_prob=0.0,
+        coverage=(0.03, 0.03),
+    )
+    rainy, target, mask = render_raindrops(night, np.random.default_rng(4), cfg)
+    dark = dataclasses.replace(cfg, glare=(0.0, 0.0))
+    unlit, _, unlit_mask = render_raindrops(night, np.random.default_rng(4), dark)
+    assert (mask > 0).sum() > (unlit_mask > 0).sum(), "the halos are visible and marked"
+    halo = np.abs(rainy - unlit).max(axis=2)[mask == 0]
+    assert halo.mean() < 1.0 / 255 and np.mean(halo > 8 / 255) < 0.05, "dry glass shows (almost) no halo"
 
 
 def test_empty_samples_are_identical_pairs_even_with_noise_and_jpeg():

@@ -69,7 +69,7 @@ def synth_cmd(
 
     Writes OUT/data/<i>_rain.png, OUT/gt/<i>_clean.png and OUT/mask/<i>_mask.png (0/255).
     Drops are traced through water on a glass plane in front of a random camera and defocused
-    as its focus implies (renderer v3: see derain.synth.RenderConfig for every parameter).
+    as its focus implies (see derain.synth.RenderConfig for every parameter).
 
     \b
     Example:

@@ -16,18 +16,20 @@ from .engine import Derainer, Restoration
 from .fusion import DEFAULT_RADIUS, fuse
 
 
-def restore_frames(derainer: Derainer, frames: Iterable[np.ndarray], batch: int | None = None) -> Iterator[Restoration]:
-    """Derained frames with their attention maps, in order; ``batch`` None sizes batches from the first frame."""
+def restore_frames(
+    derainer: Derainer, frames: Iterable[np.ndarray], batch: int | None = None
+) -> Iterator[tuple[np.ndarray, Restoration]]:
+    """Each frame with its restoration (image, attention maps), in order; ``batch`` None: sized from the first frame."""
     group: list[np.ndarray] = []
     for frame in frames:
         if batch is None:
             batch = derainer.batch_size(*frame.shape[:2])
         group.append(frame)
         if len(group) >= batch:
-            yield from derainer.run_batch(group)
+            yield from zip(group, derainer.run_batch(group))
             group = []
     if group:
-        yield from derainer.run_batch(group)
+        yield from zip(group, derainer.run_batch(group))
 
 
 def derain_frames(
@@ -40,6 +42,6 @@ def derain_frames(
     """Each frame (H×W×3 RGB uint8/uint16) derained, fused with its ``radius`` neighbours on each side."""
     restored = restore_frames(derainer, frames, batch)
     if not fuse_frames:
-        yield from (r.image for r in restored)
+        yield from (r.image for _, r in restored)
         return
-    yield from fuse(((r.image, r.attention[-1]) for r in restored), radius)
+    yield from fuse(((f, r.image, r.attention[-1]) for f, r in restored), radius)

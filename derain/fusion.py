@@ -1,18 +1,20 @@
 """Temporal fusion: what a drop hides in one frame is often visible in the frames around it.
 
 Drops sit on the glass while the scene moves behind them, so after warping a neighbour onto the
-current frame (dense optical flow, OpenCV's DIS, computed on the *derained* frames so the drops
-do not pin the flow to the glass), a pixel this frame's attention calls "drop" may land where the
-neighbour's attention says "clear". There the neighbour's pixel is taken, weighted by how clear
-it is there and by forward-backward flow consistency; everywhere else the single-frame output
-stays as it was. A static camera keeps the drops over the same scene in every frame, so no
-neighbour sees more and the result is the single-frame output: fusion never invents change.
+current frame, a pixel this frame's drop map calls "drop" may land where the neighbour's says
+"clear". There the neighbour's pixel is taken, weighted by how clear it is there, by
+forward-backward flow consistency and by how well the warped neighbour matches the frame around
+there; everywhere else the single-frame output stays as it was. The drop map joins the model's
+attention with where the model changed the input: the attention misses faint residue and
+wet-glass veils that the model still (partly) removed. A static camera keeps the drops over the
+same scene in every frame, so no neighbour sees more and the result is the single-frame output:
+fusion never invents change.
 
 A drop as wide as a tenth of the frame needs the scene to move that far before a neighbour
 sees behind it, which takes a slow pan many frames. So the neighbours are not the adjacent
 frames only but frames 1, 2, 4, 8 … up to the window apart on each side: the reach of a wide
 window for the flow computations of a few frames. Flow to a distant frame starts from the
-chained flows to the frames in between, so large displacements are followed.
+chained camera motions to the frames in between, so large displacements are followed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ FLOW_WIDTH = 640
 """Flow is computed at most this wide (and scaled up): large frames cost no more, camera motion is smooth."""
 CONSISTENCY = 1.0
 """Forward-backward flow error (pixels at flow resolution) at which a neighbour's weight falls to 1/e."""
+AGREEMENT, AGREEMENT_REACH = 8.0, 0.03
+"""Mean 8-bit luma difference from a warped neighbour at which its weight falls to 1/e, averaged
+over a Gaussian this fraction of the frame width wide."""
 DROP_LOW, DROP_HIGH = 0.1, 0.35
 """Attention below DROP_LOW is clear, above DROP_HIGH a drop, smooth in between."""
+CHANGE_LOW, CHANGE_HIGH = 6.0, 18.0
+"""8-bit luma change from input to output below CHANGE_LOW is no drop, above CHANGE_HIGH a drop."""
+CHANGE_BLUR = 1.5
+"""Pixels of Gaussian blur on that change first: noise and single-pixel edges are no drops."""
 DROP_GROW = 0.006
 """Drop maps are widened by this fraction of the frame width: a blob's soft rim is drop too."""
 SELF_WEIGHT_FLOOR = 0.02
@@ -39,8 +48,6 @@ DROP_MARGIN = 9
 """Pixels (at flow resolution) around a drop whose flow is also distrusted: DIS blocks straddle the edge."""
 FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
 """Camera-motion fit: every 4th pixel of the clear scene, at least 40 of them, RANSAC within 1 px."""
-FILL_SCALES = (0.03, 0.1, 0.3)
-"""Gaussian widths, as fractions of the frame, tried in turn to fill the flow inside drops."""
 
 
 def neighbour_offsets(radius: int) -> list[int]:
@@ -56,11 +63,17 @@ def luma8(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
-def drop_map(attention: np.ndarray) -> np.ndarray:
-    """Where the frame has drops, 0…1 (float32), from the model's attention: thresholded and widened."""
+def _smooth_step(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    t = np.clip((x - low) / (high - low), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def drop_map(rainy: np.ndarray, derained: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """Where the frame has drops, 0…1 (float32): the attention's or the model's change, thresholded and widened."""
     h, w = attention.shape
-    x = np.clip((attention.astype(np.float32) - DROP_LOW) / (DROP_HIGH - DROP_LOW), 0.0, 1.0)
-    drops = x * x * (3.0 - 2.0 * x)  # smooth step
+    change = np.abs(luma8(rainy).astype(np.float32) - luma8(derained).astype(np.float32))
+    changed = _smooth_step(cv2.GaussianBlur(change, (0, 0), CHANGE_BLUR), CHANGE_LOW, CHANGE_HIGH)
+    drops = np.maximum(_smooth_step(attention.astype(np.float32), DROP_LOW, DROP_HIGH), changed)
     grow = max(1, round(DROP_GROW * w))
     return cv2.dilate(drops, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
 
@@ -68,12 +81,15 @@ def drop_map(attention: np.ndarray) -> np.ndarray:
 class FlowField:
     """Dense optical flow between the frames of a window, computed at a bounded width, cached per pair.
 
-    The camera's motion between consecutive frames is fitted with a homography (RANSAC on the
-    DIS flow where no drop is): pans, zooms and rolls of a distant scene are one. Chained, the
-    homographies start DIS on a distant frame near the answer, so large displacements are found;
-    DIS then follows what the homography misses (parallax, moving objects). Inside drops the
-    derained frames still carry residue that sits still on the glass, and DIS follows it; there
-    the flow is the homography's plus the smoothed difference of the clear surroundings.
+    The flow between two frames is the camera's motion, a homography (pans, zooms and rolls of
+    a distant scene are one), fitted by RANSAC to OpenCV's DIS flow where no drop is. Chained
+    fits of consecutive frames start DIS on a distant frame near the answer, so large
+    displacements are found; the fit is then redone on that pair's own flow, so the chain's
+    drift does not add up. DIS itself is not used pixel by pixel: the derained frames still
+    carry residue that sits still on the glass, DIS follows it (on rendered clips its per-pixel
+    flow was 3–15× further from the truth than the fitted homography's), and where the
+    homography is wrong (parallax, moving objects) forward-backward consistency and the drop
+    maps still decide whom to believe.
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:
@@ -123,9 +139,9 @@ class FlowField:
             chained = self.steps[(t, t + direction)] @ chained
         return chained
 
-    def _fit(self, a: int, b: int) -> np.ndarray:
-        """The homography that best explains the DIS flow from a to b where a has no drops."""
-        flow = self.dis.calc(self.grays[a], self.grays[b], None)
+    def _fit(self, a: int, b: int, start: np.ndarray | None = None) -> np.ndarray:
+        """The homography that best explains DIS's flow from a to b (started at ``start``) where a has no drops."""
+        flow = self.dis.calc(self.grays[a], self.grays[b], start)
         h, w = flow.shape[:2]
         ys, xs = np.mgrid[0:h:FIT_STEP, 0:w:FIT_STEP]
         ys, xs = ys[self.trust[a][ys, xs] > 0.9], xs[self.trust[a][ys, xs] > 0.9]
@@ -140,35 +156,16 @@ class FlowField:
 
     def _compute(self, a: int, b: int) -> np.ndarray:
         h, w = self.grays[a].shape
-        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
-        start = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), self.camera(a, b)).reshape(h, w, 2) - grid
-        flow = self.dis.calc(self.grays[a], self.grays[b], np.ascontiguousarray(start))  # given: DIS refines it
-        return start + _fill_untrusted(flow - start, self.trust[a])
+        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))).reshape(-1, 1, 2)
+        start = cv2.perspectiveTransform(grid, self.camera(a, b)) - grid
+        refit = self._fit(a, b, np.ascontiguousarray(start.reshape(h, w, 2)))
+        return (cv2.perspectiveTransform(grid, refit) - grid).reshape(h, w, 2)
 
 
 def _trust(drops: np.ndarray) -> np.ndarray:
     """How far the flow at each pixel can be believed: low on and just around drops."""
     near = cv2.dilate(drops.astype(np.float32), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (DROP_MARGIN,) * 2))
     return np.clip(1.0 - 2.0 * near, 0.0, 1.0)
-
-
-def _fill_untrusted(flow: np.ndarray, trust: np.ndarray) -> np.ndarray:
-    """Flow where ``trust`` is low replaced by the trusted flow around it."""
-    h, w = trust.shape
-    filled = flow.copy()
-    known = np.zeros(trust.shape, bool)
-    weighted = np.dstack([flow * trust[..., None], trust])
-    for fraction in FILL_SCALES:
-        sigma = fraction * max(h, w)
-        step = max(1.0, sigma / 4.0)  # blur a reduced copy: wide Gaussians cost little there
-        size = (max(1, round(w / step)), max(1, round(h / step)))
-        small = cv2.resize(weighted, size, interpolation=cv2.INTER_AREA)
-        blurred = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / step), (w, h), interpolation=cv2.INTER_LINEAR)
-        support = blurred[..., 2]
-        fresh = (support > 0.05) & ~known
-        filled[fresh] = blurred[fresh, :2] / support[fresh, None]
-        known |= fresh
-    return trust[..., None] * flow + (1.0 - trust[..., None]) * filled
 
 
 def full_size(flow: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -197,14 +194,35 @@ def consistency(flows: FlowField, a: int, b: int) -> np.ndarray:
     return np.exp(-((error / CONSISTENCY) ** 2)) * inside
 
 
+def agreement(flows: FlowField, a: int, b: int) -> np.ndarray:
+    """0…1 per pixel of frame a (flow resolution): does frame b, warped onto a, look like a around here?
+
+    The luma difference where both frames are clear, averaged over a neighbourhood the size of a
+    large drop, so a drop's pixels are judged by their surroundings. A homography is wrong where
+    the scene has depth (parallax) or moves on its own, and forward-backward consistency of two
+    homographies cannot see it; this can.
+    """
+    seen, _ = warp(flows.grays[b].astype(np.float32), flows.flow(a, b))
+    clear = flows.trust[a] * warp(flows.trust[b], flows.flow(a, b))[0]
+    difference = np.abs(flows.grays[a].astype(np.float32) - seen)
+    sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
+    support = cv2.GaussianBlur(clear, (0, 0), sigma)
+    local = cv2.GaussianBlur(difference * clear, (0, 0), sigma) / np.maximum(support, 1e-3)
+    overall = float((difference * clear).sum() / clear.sum()) if clear.sum() > 0 else np.inf
+    local = np.where(support > 0.05, local, overall)  # deep inside a wide drop: the whole frame's figure
+    return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
+
+
 def _neighbour(
     current: int, other: int, frames: dict[int, np.ndarray], drops: dict[int, np.ndarray], flows: FlowField
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame ``other`` warped onto ``current`` (float32) and how far to believe it at each pixel:
-    it saw the scene there clear (its drop map) and the flow leads back (forward-backward)."""
+    it saw the scene there clear (its drop map), the flow leads back (forward-backward) and the
+    warped frame matches this one around there."""
     h, w = frames[current].shape[:2]
     forward = full_size(flows.flow(current, other), h, w)
-    trusted = cv2.resize(consistency(flows, current, other), (w, h), interpolation=cv2.INTER_LINEAR)
+    confidence = consistency(flows, current, other) * agreement(flows, current, other)
+    trusted = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_LINEAR)
     seen, _ = warp(frames[other].astype(np.float32), forward)
     theirs, _ = warp(drops[other], forward)
     return seen, (1.0 - theirs) * trusted
@@ -234,8 +252,10 @@ def fuse_frame(
     return np.clip(np.rint(total / weight[..., None]), 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
-def fuse(restorations: Iterable[tuple[np.ndarray, np.ndarray]], radius: int = DEFAULT_RADIUS) -> Iterator[np.ndarray]:
-    """Fused frames, one per input, in order, from (derained frame, attention map) pairs.
+def fuse(
+    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: int = DEFAULT_RADIUS
+) -> Iterator[np.ndarray]:
+    """Fused frames, one per input, in order, from (input frame, derained frame, attention map) triples.
 
     Holds at most 2·radius + 1 frames: each frame is released once its farthest neighbour arrived.
     ``radius`` 0 returns the derained frames unchanged.
@@ -258,11 +278,11 @@ def fuse(restorations: Iterable[tuple[np.ndarray, np.ndarray]], radius: int = DE
         flows.forget_before(oldest)
         return fused
 
-    for index, (image, att) in enumerate(restorations):
+    for index, (rainy, image, att) in enumerate(restorations):
         if radius == 0:
             yield image
             continue
-        frames[index], drops[index] = image, drop_map(att)
+        frames[index], drops[index] = image, drop_map(rainy, image, att)
         flows.add(index, luma8(image), drops[index])
         pending.append(index)
         if pending[0] + radius <= index:

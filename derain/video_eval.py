@@ -102,8 +102,8 @@ def score_clip(clip: Path, derainer: Derainer, radius: int = DEFAULT_RADIUS) -> 
     rainy = [to_uint8(read_image(p.rainy, max_pixels=None).rgb) for p in pairs]
     clean = [to_uint8(read_image(p.clean, max_pixels=None).rgb) for p in pairs]
     restored = list(restore_frames(derainer, rainy))
-    single = [r.image for r in restored]
-    fused = list(fuse(((r.image, r.attention[-1]) for r in restored), radius))
+    single = [r.image for _, r in restored]
+    fused = list(fuse(((f, r.image, r.attention[-1]) for f, r in restored), radius))
     flows = consecutive_flows(clean)
     (p, s), (pp, ps), (ip, _) = _scores(fused, clean), _scores(single, clean), _scores(rainy, clean)
     return ClipScore(

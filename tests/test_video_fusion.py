@@ -34,11 +34,28 @@ def test_fusion_recovers_a_patch_a_neighbour_saw() -> None:
     damaged = [f.copy() for f in truth]
     damaged[2][patch] = 128  # only the middle frame's output is wrong under the drop
 
-    fused = list(fuse([(f, attention) for f in damaged], radius=2))
+    fused = list(fuse([(f, f, attention) for f in damaged], radius=2))
 
     assert len(fused) == 5
     before = np.abs(damaged[2][patch].astype(int) - truth[2][patch]).mean()
     after = np.abs(fused[2][patch].astype(int) - truth[2][patch]).mean()
+    assert before > 30 and after < before / 4
+
+
+def test_where_the_model_changed_the_input_counts_as_drop_though_the_attention_missed_it() -> None:
+    truth = panning(9)
+    patch = (slice(33, 39), slice(43, 49))
+    rainy = [f.copy() for f in truth]
+    for f in rainy:
+        f[patch] = 255  # a bright drop on the glass in every input frame
+    damaged = [f.copy() for f in truth]
+    damaged[4][patch] = np.clip(truth[4][patch].astype(int) + 60, 0, 255)  # the model removed it only in part
+    blind = np.zeros(truth[0].shape[:2], np.float32)  # and its attention saw nothing
+
+    fused = list(fuse([(r, d, blind) for r, d in zip(rainy, damaged)], radius=4))
+
+    before = np.abs(damaged[4][patch].astype(int) - truth[4][patch]).mean()
+    after = np.abs(fused[4][patch].astype(int) - truth[4][patch]).mean()
     assert before > 30 and after < before / 4
 
 
@@ -52,7 +69,7 @@ def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> 
         f[patch] = 128  # the drop spoils every frame's output at the same place on the glass
 
     def error(radius: int) -> float:
-        fused = list(fuse([(f, attention) for f in damaged], radius=radius))
+        fused = list(fuse([(f, f, attention) for f in damaged], radius=radius))
         return float(np.abs(fused[8][patch].astype(int) - truth[8][patch]).mean())
 
     assert error(8) < error(2) / 3
@@ -68,19 +85,19 @@ def test_neighbours_are_powers_of_two_up_to_the_window() -> None:
 def test_fusion_changes_nothing_without_drops_or_without_motion() -> None:
     frames = panning(4)
     clear = np.zeros(frames[0].shape[:2], np.float32)
-    assert all(np.array_equal(a, b) for a, b in zip(fuse([(f, clear) for f in frames]), frames))
+    assert all(np.array_equal(a, b) for a, b in zip(fuse([(f, f, clear) for f in frames]), frames))
 
     still = [frames[0]] * 4
     covered = np.ones_like(clear)  # the same drops over the same scene in every frame: nothing to gain
-    assert all(np.abs(a.astype(int) - still[0]).max() <= 1 for a in fuse([(f, covered) for f in still]))
+    assert all(np.abs(a.astype(int) - still[0]).max() <= 1 for a in fuse([(f, f, covered) for f in still]))
 
 
 def test_fusion_radius_zero_is_per_frame_and_rejects_negative() -> None:
     frames = panning(3)
     att = np.ones(frames[0].shape[:2], np.float32)
-    assert all(a is b for a, b in zip(fuse([(f, att) for f in frames], radius=0), frames))
+    assert all(a is b for a, b in zip(fuse([(f, f, att) for f in frames], radius=0), frames))
     with pytest.raises(ValueError, match="radius"):
-        list(fuse([(frames[0], att)], radius=-1))
+        list(fuse([(frames[0], frames[0], att)], radius=-1))
 
 
 def test_flicker_is_zero_for_a_steady_clip_and_measures_a_brightness_jump() -> None:

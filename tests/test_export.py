@@ -56,6 +56,20 @@ def test_two_sizes_through_one_file_match_the_engine(
             assert np.abs(attention[k] - np.stack(expected.attention)).max() <= 1 / 255
 
 
+def test_odd_size_padded_as_the_readme_says_matches_the_engine(
+    bgr_weights: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    path = tmp_path / "model.onnx"
+    export_onnx(path, bgr_weights)
+    image = random_image(rng, 37, 43)  # pads of 3 and 1: the engine reflect-pads too
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -h % 4), (0, -w % 4), (0, 0)), mode="reflect")
+    derained, _ = session(path).run(None, {"image": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})
+    ours = (derained[0].transpose(1, 2, 0)[:h, :w] * 255).round()
+    expected = Derainer(bgr_weights, device="cpu", precision="fp32", tile=0).clean(image)
+    assert np.abs(ours - expected).max() <= 1
+
+
 def test_metadata_and_steps(bgr_weights: Path, tmp_path: Path) -> None:
     path = tmp_path / "one_step.onnx"
     export_onnx(path, bgr_weights, steps=1)

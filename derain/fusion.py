@@ -207,9 +207,9 @@ def agreement(flows: FlowField, a: int, b: int) -> np.ndarray:
     difference = np.abs(flows.grays[a].astype(np.float32) - seen)
     sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
     support = cv2.GaussianBlur(clear, (0, 0), sigma)
-    local = cv2.GaussianBlur(difference * clear, (0, 0), sigma) / np.maximum(support, 1e-3)
+    local = cv2.GaussianBlur(difference * clear, (0, 0), sigma) / np.maximum(support, 1e-4)
     overall = float((difference * clear).sum() / clear.sum()) if clear.sum() > 0 else np.inf
-    local = np.where(support > 0.05, local, overall)  # deep inside a wide drop: the whole frame's figure
+    local = np.where(support > 1e-4, local, overall)  # beyond the blur's reach: the whole frame's figure
     return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
 
 

@@ -14,15 +14,15 @@ from derain.video_eval import consecutive_flows, flicker
 SHIFT = 3  # pixels the scene moves left per frame
 
 
-def textured_scene(width: int, height: int) -> np.ndarray:
+def textured_scene(width: int, height: int, seed: int = 1) -> np.ndarray:
     """A smooth random texture that optical flow can lock onto."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
     return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def panning(frames: int, width: int = 96, height: int = 72) -> list[np.ndarray]:
-    scene = textured_scene(width + SHIFT * frames, height)
+def panning(frames: int, width: int = 96, height: int = 72, seed: int = 1) -> list[np.ndarray]:
+    scene = textured_scene(width + SHIFT * frames, height, seed)
     return [np.ascontiguousarray(scene[:, SHIFT * t : SHIFT * t + width]) for t in range(frames)]
 
 
@@ -57,6 +57,38 @@ def test_where_the_model_changed_the_input_counts_as_drop_though_the_attention_m
     before = np.abs(damaged[4][patch].astype(int) - truth[4][patch]).mean()
     after = np.abs(fused[4][patch].astype(int) - truth[4][patch]).mean()
     assert before > 30 and after < before / 4
+
+
+def test_frames_across_a_cut_lend_nothing() -> None:
+    truth = panning(5) + panning(4, seed=2)  # a cut to another shot after frame 4
+    patch = (slice(30, 38), slice(40, 48))
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[patch] = 1.0
+    damaged = [f.copy() for f in truth]
+    damaged[4][patch] = 128
+
+    fused = list(fuse([(f, f, attention) for f in damaged], radius=4))
+
+    after = np.abs(fused[4][patch].astype(int) - truth[4][patch]).mean()
+    assert after < 8  # the frames before the cut filled it; the other shot's pixels did not get in
+
+
+def test_a_neighbour_that_saw_something_else_there_lends_nothing() -> None:
+    truth = panning(9)
+    patch = (slice(30, 38), slice(40, 48))
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[patch] = 1.0
+    damaged = [f.copy() for f in truth]
+    damaged[4][patch] = 128
+    passing = textured_scene(96, 72, seed=3)
+    for t in range(4):  # something passed in front of that part of the scene in the frames before
+        where = (slice(22, 46), slice(40 - SHIFT * t, 72 - SHIFT * t))
+        damaged[t][where] = passing[where]
+
+    fused = list(fuse([(f, f, attention) for f in damaged], radius=4))
+
+    after = np.abs(fused[4][patch].astype(int) - truth[4][patch]).mean()
+    assert after < 8  # the camera's motion holds for those frames too; only their looks differ
 
 
 def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> None:

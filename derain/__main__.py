@@ -1,0 +1,5 @@
+"""``python -m derain``: the command line without the installed ``derain`` script (a bare GPU box)."""
+
+from .cli import main
+
+main()

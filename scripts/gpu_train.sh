@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Fine-tune the shipped weights on a lent GPU in one call of a few minutes, so no device time
+# goes to setup: fresh renders made there on its 16 cores, the paper's discriminator on real
+# rainy photos (--unpaired), the weights back through $OUT.
+#
+# Here (packs ~40 MiB of photos into a git-ignored folder that the device call carries):
+#   scripts/gpu_train.sh pack ../shared/data gpu_data
+# There (the device tool's run, carry ["gpu_data"], timeout_s 600):
+#   scripts/gpu_train.sh train gpu_data "$OUT" 420 1200
+# trains 1,200 steps or 420 s, whichever ends first (read the run's s/step in the log), validates
+# every 200 steps and leaves in OUT: weights.safetensors (the final EMA weights, or the best
+# validation's if time ran out first), the train log, and eval_real.json (the real pairs, when
+# packed). Score it here with the ship rule (weights/README.md) before anything ships.
+# DEVICE=cpu RENDERS=32 runs it on a CPU as a smoke test (batch 16 of 256² needs ~14 GB there).
+set -euo pipefail
+
+pack() {  # SHARED_DATA DEST: photos as JPEG q85, real rainy photos for --unpaired, the real pairs
+  local src=$1 dest=$2
+  mkdir -p "$dest"
+  grep -qx "/$dest/" .git/info/exclude 2>/dev/null || echo "/$dest/" >> .git/info/exclude
+  python3 - "$src" "$dest" <<'EOF'
+import sys
+from pathlib import Path
+
+import cv2
+
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+for name, quality in (("clean", 85), ("real-raindrop", 90)):
+    out = dest / name
+    out.mkdir(parents=True, exist_ok=True)
+    for photo in sorted((src / name).rglob("*")):
+        image = cv2.imread(str(photo)) if photo.is_file() else None
+        if image is not None:
+            shrink = 896 / max(image.shape[:2])  # renders crop 720x480: more would only cost transfer
+            if shrink < 1:
+                image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(out / f"{photo.stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+EOF
+  if [ -d "$src/real-pairs" ]; then rm -rf "$dest/real-pairs"; cp -r "$src/real-pairs" "$dest/"; fi
+  du -sh "$dest"
+}
+
+train() {  # DATA OUT SECONDS STEPS
+  local data=$1 out=$2 seconds=$3 steps=$4 work=/tmp/derain_gpu
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+  local derain=(python3 -m derain)
+  mkdir -p "$work" "$out"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
+  # 4,000 training renders and 48 validation ones, one process per core, each its own seed
+  local cores renders=${RENDERS:-4000} device=${DEVICE:-cuda}
+  cores=$(nproc --all)
+  for i in $(seq 0 $((cores - 1))); do
+    "${derain[@]}" synth "$data/clean" -o "$work/train$i" --count $((renders / cores)) --split train \
+      --seed $((500 + i)) > /dev/null &
+  done
+  "${derain[@]}" synth "$data/clean" -o "$work/val" --count 48 --split val --seed 1000 > /dev/null
+  wait
+  python3 - "$work" <<'EOF'
+import os
+import sys
+from pathlib import Path
+
+work = Path(sys.argv[1])
+merged = work / "train"
+for sub in ("data", "gt", "mask"):
+    (merged / sub).mkdir(parents=True, exist_ok=True)
+for k, part in enumerate(sorted(work.glob("train[0-9]*"))):
+    for sub in ("data", "gt", "mask"):
+        for f in (part / sub).iterdir():
+            number, rest = f.name.split("_", 1)  # <i>_rain.png: numbered apart per process
+            os.symlink(f, merged / sub / f"{k * 100000 + int(number)}_{rest}")
+EOF
+  timeout "$seconds" "${derain[@]}" train "$work/train" --val "$work/val" -o "$work/run" \
+    --init derain-v9 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
+    --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
+  local weights=$work/run/final.safetensors  # the whole schedule ran; else the best validation
+  [ -f "$weights" ] || weights=$work/run/best.safetensors
+  cp "$weights" "$out/weights.safetensors"
+  if [ -d "$data/real-pairs" ]; then
+    "${derain[@]}" eval "$data/real-pairs" --weights "$out/weights.safetensors" --device "$device" \
+      --json "$out/eval_real.json" | tail -3
+  fi
+}
+
+"$@"

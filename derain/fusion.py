@@ -79,17 +79,16 @@ def drop_map(rainy: np.ndarray, derained: np.ndarray, attention: np.ndarray) -> 
 
 
 class FlowField:
-    """Dense optical flow between the frames of a window, computed at a bounded width, cached per pair.
+    """Flow fields between the frames of a window, computed at a bounded width, cached per pair.
 
     The flow between two frames is the camera's motion, a homography (pans, zooms and rolls of
     a distant scene are one), fitted by RANSAC to OpenCV's DIS flow where no drop is. Chained
     fits of consecutive frames start DIS on a distant frame near the answer, so large
     displacements are found; the fit is then redone on that pair's own flow, so the chain's
     drift does not add up. DIS itself is not used pixel by pixel: the derained frames still
-    carry residue that sits still on the glass, DIS follows it (on rendered clips its per-pixel
-    flow was 3–15× further from the truth than the fitted homography's), and where the
-    homography is wrong (parallax, moving objects) forward-backward consistency and the drop
-    maps still decide whom to believe.
+    carry residue that sits still on the glass and DIS follows it (on rendered clips its flow on
+    the drops was 5–37× further from the truth than the refitted homography's). Where the
+    homography is wrong (parallax, moving things), :func:`agreement` lowers the neighbour's weight.
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:

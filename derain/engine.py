@@ -21,6 +21,7 @@ import torch
 from .allocator import keep_freed_memory
 from .fusion import DEFAULT_RADIUS
 from .model import SIZE_MULTIPLE, Generator
+from .postops import fuse_for_cpu
 from .tiling import Tile, plan_tiles
 from .weights import load_weights
 
@@ -151,6 +152,8 @@ class Derainer:
             model = model.half()
         if self.device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC, in bf16 and fp32
             model = model.to(memory_format=torch.channels_last)
+            if self.precision is not Precision.FP16:
+                fuse_for_cpu(model, torch.bfloat16 if self.precision is Precision.BF16 else torch.float32)
         return model
 
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from derain import allocator
+from derain import allocator, postops
 from derain.cli import main
 from derain.engine import MAX_STEPS, Derainer
-from derain.model import Generator
+from derain.model import ConvLSTMCell, Generator, conv_relu
+from derain.postops import FusedConvLSTMCell, fuse_for_cpu
 from derain.weights import load_weights
 
-from .conftest import random_image
+from .conftest import random_image, tiny_model
 
 
 class FakeLibc:
@@ -112,6 +116,49 @@ def test_fewer_steps_change_the_output(tiny_weights: Path, rng: np.random.Genera
     image = random_image(rng, 24, 32)
     one, two = (Derainer(tiny_weights, device="cpu", precision="fp32", steps=s).clean(image) for s in (1, 2))
     assert not np.array_equal(one, two)
+
+
+# --- fused convolutions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_relu_is_bit_exact(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    plain = conv_relu(8, 16, dilation=2)
+    fused = copy.deepcopy(plain)
+    assert fuse_for_cpu(fused, dtype) == 1 and isinstance(fused[1], torch.nn.Identity)
+    x = torch.randn(1, 8, 20, 28).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16):
+        assert torch.equal(fused(x), plain(x))
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.01)])
+def test_the_fused_model_gives_the_same_output(dtype: torch.dtype, tolerance: float) -> None:
+    plain = tiny_model().to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(plain)
+    relus = sum(isinstance(m, torch.nn.ReLU) for m in plain.modules())
+    assert relus > 0 and fuse_for_cpu(fused, dtype) == relus + 1  # every ReLU module follows a conv; the cell
+    assert not any(isinstance(m, (torch.nn.ReLU, ConvLSTMCell)) for m in fused.modules())
+    x = torch.rand(2, 3, 24, 36).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16):
+        expected, ours = plain(x), fused(x)
+    assert (ours.image.float() - expected.image.float()).abs().max() < tolerance  # bf16: one rounding fewer
+    for a, b in zip(ours.attention, expected.attention):
+        assert (a.float() - b.float()).abs().max() < tolerance
+
+
+def test_without_the_kernel_the_model_runs_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())  # a build without the kernel
+    monkeypatch.setattr(postops, "available", functools.cache(postops.available.__wrapped__))
+    model = tiny_model()
+    assert postops.fuse_for_cpu(model, torch.float32) == 0
+    assert any(isinstance(m, ConvLSTMCell) for m in model.modules())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_cpu_engine_runs_fused_layers(tiny_weights: Path, precision: str) -> None:
+    derainer = Derainer(tiny_weights, device="cpu", precision=precision)
+    assert any(isinstance(m, FusedConvLSTMCell) for m in derainer.model.modules())
 
 
 # --- bench --------------------------------------------------------------------------------------

@@ -88,16 +88,8 @@ def test_night_glare_lies_where_the_water_is_and_is_marked_as_rain():
     """Glare is lamp light scattered by water: dry glass adds none, and what it adds is in the mask
     (unmasked halos taught a model to dim every dark photo)."""
     night = _photo(240, 320).astype(np.float32) / 255
-    cfg = RenderConfig(
-        night_prob=1.0,
-        lamps=(15, 15),
-        glare=(0.12, 0.12),
-        glare_sigma=(40.0, 40.0),
-        haze_prob=0.0,
-        noise_prob=0.0,
-        jpeg_prob=0.0,
-        empty_prob=0.0,
-        coverage=(0.03, 0.03),
+    cfg = dataclasses.replace(
+        PLAIN, night_prob=1.0, lamps=(15, 15), glare=(0.12, 0.12), glare_sigma=(40.0, 40.0), coverage=(0.03, 0.03)
     )
     rainy, target, mask = render_raindrops(night, np.random.default_rng(4), cfg)
     dark = dataclasses.replace(cfg, glare=(0.0, 0.0))

@@ -187,9 +187,7 @@ class Derainer:
         """Clean an image and, optionally, return the attention maps from the same pass."""
         scale = _check_image(image)
         height, width = image.shape[:2]
-        padded = _pad_to_multiple(image, SIZE_MULTIPLE)
-        if self.weights_info.channel_order == "BGR":
-            padded = padded[..., ::-1]
+        padded = self._model_order(_pad_to_multiple(image, SIZE_MULTIPLE))
         tile = self._tile_size(*padded.shape[:2])
         while True:
             try:
@@ -200,12 +198,7 @@ class Derainer:
                     raise
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        out = out[:height, :width]
-        if self.weights_info.channel_order == "BGR":
-            out = out[..., ::-1]
-        restored = np.clip(np.rint(out * scale), 0, scale).astype(image.dtype)
-        attention = [np.clip(m[:height, :width], 0.0, 1.0) for m in maps] if with_attention else None
-        return Restoration(restored, attention)
+        return self._finish(Restoration(out, maps if with_attention else None), height, width, scale, image.dtype)
 
     def batch_size(self, height: int, width: int) -> int:
         """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
@@ -222,19 +215,30 @@ class Derainer:
             return [self.run(i, with_attention=True) for i in images]
         scale = _check_image(images[0])
         height, width = images[0].shape[:2]
-        batch = np.stack([_pad_to_multiple(i, SIZE_MULTIPLE) for i in images])
-        bgr = self.weights_info.channel_order == "BGR"
+        batch = self._model_order(np.stack([_pad_to_multiple(i, SIZE_MULTIPLE) for i in images]))
         try:
-            out = self._forward(batch[..., ::-1] if bgr else batch, scale)
+            out = self._forward(batch, scale)
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
             return [self.run(i, with_attention=True) for i in images]
-        restored = out.image[:, :height, :width, ::-1] if bgr else out.image[:, :height, :width]
-        restored = np.clip(np.rint(restored * scale), 0, scale).astype(images[0].dtype)
-        maps = [np.clip(m[:, :height, :width], 0.0, 1.0) for m in out.attention]
-        return [Restoration(restored[k], [m[k] for m in maps]) for k in range(len(images))]
+        done = self._finish(out, height, width, scale, images[0].dtype)
+        return [Restoration(done.image[k], [m[k] for m in done.attention]) for k in range(len(images))]
 
     # --- internals --------------------------------------------------------------------------
+
+    def _model_order(self, pixels: np.ndarray) -> np.ndarray:
+        """RGB pixels (…×H×W×3) in the channel order the weights were trained on."""
+        return pixels[..., ::-1] if self.weights_info.channel_order == "BGR" else pixels
+
+    def _finish(self, out: Restoration, height: int, width: int, scale: float, dtype: np.dtype) -> Restoration:
+        """The model's float output (…×H×W×3, maps …×H×W) cropped to the image, back in RGB, rounded
+        to the input's dtype; attention clipped to [0, 1]."""
+        restored = self._model_order(out.image[..., :height, :width, :])
+        restored = np.clip(np.rint(restored * scale), 0, scale).astype(dtype)
+        maps = out.attention
+        return Restoration(
+            restored, None if maps is None else [np.clip(m[..., :height, :width], 0.0, 1.0) for m in maps]
+        )
 
     def _tile_size(self, height: int, width: int) -> int:
         """Edge of the square tiles to use for an image of this (padded) size."""

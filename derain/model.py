@@ -73,6 +73,14 @@ class ResidualBlock(nn.Module):
         return F.relu(self.body(x) + x)
 
 
+def lstm_update(
+    i: torch.Tensor, f: torch.Tensor, g: torch.Tensor, o: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM state update from the activated gates (input, forget, cell, output): new (h, c)."""
+    c = f * c + i * g
+    return o * torch.tanh(c), c
+
+
 class ConvLSTMCell(nn.Module):
     """ConvLSTM with one 3×3 convolution per gate over concat(x, h), as in the official code.
 
@@ -102,9 +110,7 @@ class ConvLSTMCell(nn.Module):
         channels_last = gates.is_contiguous(memory_format=torch.channels_last)
         dense = torch.channels_last if channels_last else torch.contiguous_format
         i, f, g, o = (gate.contiguous(memory_format=dense) for gate in gates.chunk(4, 1))
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return lstm_update(torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o), c)
 
 
 class AttentiveRecurrentNetwork(nn.Module):

@@ -17,7 +17,7 @@ import functools
 import torch
 from torch import nn
 
-from .model import ConvLSTMCell
+from .model import ConvLSTMCell, lstm_update
 
 
 class FusedConv(nn.Module):
@@ -55,9 +55,7 @@ class FusedConvLSTMCell(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = (torch.zeros_like(x), torch.zeros_like(x)) if state is None else state
         xh = torch.cat((x, h), 1)
-        c = self.forget_gate(xh) * c + self.input_gate(xh) * self.cell_gate(xh)
-        h = self.output_gate(xh) * torch.tanh(c)
-        return h, c
+        return lstm_update(self.input_gate(xh), self.forget_gate(xh), self.cell_gate(xh), self.output_gate(xh), c)
 
 
 def fusable(conv: nn.Module) -> bool:

@@ -168,7 +168,8 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
-def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A draw between ``bounds`` even on a log scale: as many small values as large ones per octave."""
     return math.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1])))
 
 
@@ -277,7 +278,7 @@ def draw_footprints(rng: np.random.Generator, height: int, width: int, cfg: Rend
     scale = width / REFERENCE_WIDTH
     u = rng.random() ** cfg.coverage_skew
     target = (cfg.coverage[0] + u * (cfg.coverage[1] - cfg.coverage[0])) * height * width
-    radii = [_log_uniform(rng, cfg.radius) * scale for _ in range(cfg.max_drops)]
+    radii = [log_uniform(rng, cfg.radius) * scale for _ in range(cfg.max_drops)]
     if rng.random() < cfg.large_drop_prob:
         big = int(rng.integers(1, 5))
         radii[:big] = [_uniform(rng, cfg.large_radius) * scale for _ in range(big)]

@@ -34,6 +34,7 @@ from .synth import (
     RENDERER_VERSION,
     RenderConfig,
     Rendering,
+    log_uniform,
     render_raindrops,
 )
 
@@ -69,7 +70,7 @@ class CameraPath:
     def draw(cls, rng: np.random.Generator, motion: str) -> CameraPath:
         if motion == "static":
             return cls((0.0, 0.0), 0.0, 0.0)
-        speed = math.exp(rng.uniform(math.log(PAN_SPEED[0]), math.log(PAN_SPEED[1])))
+        speed = log_uniform(rng, PAN_SPEED)
         angle = float(rng.uniform(0, 2 * np.pi))
         return cls(
             (speed * math.cos(angle), speed * math.sin(angle)), float(rng.uniform(*ZOOM)), float(rng.uniform(*SHAKE))
@@ -119,7 +120,7 @@ def render_clip(
         raise ValueError(f"unknown motion '{motion}' (use {' or '.join(MOTIONS)})")
     w, h = size
     camera = CameraPath.draw(rng, motion)
-    slide = math.exp(rng.uniform(*np.log(SLIDE_SPEED))) if sliding else 0.0
+    slide = log_uniform(rng, SLIDE_SPEED) if sliding else 0.0
     offsets = [round(slide * t * w / REFERENCE_WIDTH) for t in range(frames)]
     pad = offsets[-1]  # rows of glass above the frame that sliding drops come from
     photo_rgb, views = _fit_photo(photo_rgb, camera.views(rng, frames, size), (w, h), pad)

@@ -54,6 +54,17 @@ def test_batches_have_the_right_shapes_and_ranges(tmp_path):
     assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
 
 
+def test_identity_crops_are_drop_free_pairs_and_the_rest_stay_rendered(tmp_path):
+    _write_pairs(tmp_path)
+    batch = PairedImages(tmp_path).batch(np.random.default_rng(0), 64, 32, identity=0.5)
+    same = (batch["rainy"] == batch["clean"]).flatten(1).all(dim=1)
+    empty = batch["mask"].flatten(1).amax(dim=1) == 0
+    assert 16 < int(same.sum()) < 48  # about half, drawn at random
+    assert torch.equal(same, empty)  # a drop-free input has an empty mask; a rendered crop keeps its drop
+    plain = PairedImages(tmp_path).batch(np.random.default_rng(0), 64, 32)  # each crop holds the drop
+    assert not (plain["rainy"] == plain["clean"]).flatten(1).all(dim=1).any()
+
+
 def test_attention_loss_weighs_later_steps_more():
     mask = torch.ones(1, 1, 4, 4)
     maps = [torch.zeros(1, 1, 4, 4) for _ in range(4)]

@@ -68,6 +68,16 @@ def _print_log(log: Log) -> None:
     f"Default: {TrainConfig.gan_weight:g}, or {UNPAIRED_GAN_WEIGHT:g} with --unpaired.",
 )
 @click.option(
+    "--identity",
+    "identity_fraction",
+    default=TrainConfig.identity_fraction,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of training crops that are drop-free (the clean crop as input and target), so the "
+    "model learns to leave photos without drops untouched. Raise it (say 0.25) if outputs darken "
+    "hazy or low-contrast areas of drop-free photos.",
+)
+@click.option(
     "--unpaired",
     "unpaired_dir",
     default=None,

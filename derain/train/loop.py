@@ -52,6 +52,10 @@ class TrainConfig:
     ssim_weight: float = 0.1
     gan_weight: float = 0.0
     """0 disables the discriminator; the paper uses 0.01 (best added late in a run)."""
+    identity_fraction: float = 0.0
+    """Share of the training crops that are drop-free pairs (a clean crop as input and target).
+    Rendered pairs teach the model to remove a wet-glass veil, a habit that also darkens hazy,
+    low-contrast parts of photos without drops; identity pairs pull it back to "no drops, no change"."""
     unpaired_dir: str | None = None
     """Real rainy photos without ground truth. The attentive discriminator also sees the
     generator's outputs on them as fakes (clean photos are its reals), so the generator learns to
@@ -269,7 +273,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
-        batch = self.train_data.batch(self.rng, cfg.batch, cfg.patch)
+        batch = self.train_data.batch(self.rng, cfg.batch, cfg.patch, cfg.identity_fraction)
         rainy, clean, mask = (batch[k].to(self.device, non_blocking=True) for k in ("rainy", "clean", "mask"))
         if self.bf16:
             rainy = rainy.contiguous(memory_format=torch.channels_last)

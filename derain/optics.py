@@ -100,21 +100,34 @@ def minification(map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     return np.sqrt(np.abs(xx * yy - xy * yx))
 
 
-def disc_kernel(diameter: float) -> np.ndarray:
+RIM_WIDTH = 0.15
+"""Width of a bokeh rim, as a fraction of the disc's radius (at least 1.5 px)."""
+
+
+def disc_kernel(diameter: float, rim: float = 0.0) -> np.ndarray:
     """A normalised disc: the defocus point-spread function (bokeh) of a circular aperture,
-    anti-aliased at its edge. ``diameter`` is the circle of confusion in pixels."""
+    anti-aliased at its edge. ``diameter`` is the circle of confusion in pixels; ``rim`` is the
+    share of the light in a thin ring at the edge, the "soap-bubble" bokeh of lenses with
+    spherical aberration that turns lit drops at night into bright-rimmed discs."""
     radius = max(diameter / 2, 0.5)
     size = int(math.ceil(radius)) * 2 + 1
     yy, xx = np.mgrid[:size, :size] - size // 2
-    kernel = np.clip(radius + 0.5 - np.hypot(yy, xx), 0.0, 1.0).astype(np.float32)
-    return kernel / kernel.sum()
+    distance = np.hypot(yy, xx)
+    disc = np.clip(radius + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+    kernel = disc / disc.sum()
+    inner = radius - max(1.5, RIM_WIDTH * radius)
+    ring = disc - np.clip(inner + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+    if rim > 0 and ring.sum() > 0:
+        kernel = (1.0 - rim) * kernel + rim * ring / ring.sum()
+    return kernel
 
 
-def defocus(image: np.ndarray, diameter: float) -> np.ndarray:
-    """Blur with a disc of the given circle-of-confusion diameter (identity below ~1 px)."""
+def defocus(image: np.ndarray, diameter: float, rim: float = 0.0) -> np.ndarray:
+    """Blur with a disc of the given circle-of-confusion diameter (identity below ~1 px); see
+    :func:`disc_kernel` for ``rim``."""
     if diameter < 1.0:
         return image
-    return cv2.filter2D(image, -1, disc_kernel(diameter), borderType=cv2.BORDER_REFLECT_101)
+    return cv2.filter2D(image, -1, disc_kernel(diameter, rim), borderType=cv2.BORDER_REFLECT_101)
 
 
 def circle_of_confusion(aperture_mm: float, focal_mm: float, glass_mm: float, sensor_mm: float, width: int) -> float:

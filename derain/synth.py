@@ -33,8 +33,9 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.1"
-"""3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass)."""
+RENDERER_VERSION = "3.2"
+"""3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
+3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -135,6 +136,16 @@ class RenderConfig:
     """Lamp radiance, times white: far beyond what the sensor holds, as real lamps are."""
     glare: tuple[float, float] = (0.02, 0.12)
     glare_sigma: tuple[float, float] = (8.0, 40.0)
+    night_glow: tuple[float, float] = (0.03, 1.5)
+    """Lamp light each drop gathers at night from its wide view (linear, times white; drawn
+    log-uniformly): lamps around and behind the camera light drops far from any lamp in the
+    frame, so a night window shows a bokeh disc for every drop."""
+
+    # The lens.
+    bokeh_rim_prob: float = 0.3
+    bokeh_rim: tuple[float, float] = (0.2, 0.6)
+    """Share of a defocus disc's light in a bright ring at its edge (lenses with spherical
+    aberration): lit drops become rimmed discs."""
 
     # The sensor and the file.
     noise_prob: float = 0.6
@@ -188,6 +199,9 @@ class Shot:
     scene_blur: float
     night: bool
     exposure: float
+    glow: float
+    """Lamp light every drop gathers (0 by day)."""
+    bokeh_rim: float
     sky_boost: float
     haze: float
     noise: float
@@ -208,6 +222,8 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
     scene_fraction = _uniform(rng, cfg.drop_focus_scene_blur)
     night = rng.random() < cfg.night_prob
     exposure = _uniform(rng, cfg.night_exposure) if night else 1.0
+    glow = log_uniform(rng, cfg.night_glow) if night else 0.0
+    rim = _uniform(rng, cfg.bokeh_rim) if rng.random() < cfg.bokeh_rim_prob else 0.0
     haze = _uniform(rng, cfg.haze) if rng.random() < cfg.haze_prob else 0.0
     noise = _uniform(rng, cfg.noise) * (3.0 if night else 1.0) if rng.random() < cfg.noise_prob else 0.0
     quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)) if rng.random() < cfg.jpeg_prob else None
@@ -217,6 +233,8 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
         scene_blur=coc * scene_fraction if drop_focus else 0.0,
         night=night,
         exposure=exposure,
+        glow=glow,
+        bokeh_rim=rim,
         sky_boost=_uniform(rng, cfg.sky_boost),
         haze=haze,
         noise=noise,
@@ -231,11 +249,16 @@ def _lamps(shape: tuple[int, ...], rng: np.random.Generator, cfg: RenderConfig, 
     for _ in range(int(rng.integers(cfg.lamps[0], cfg.lamps[1] + 1))):
         cy, cx = h * rng.beta(1.5, 2.5), w * rng.random()
         radius = _uniform(rng, cfg.lamp_radius) * scale
-        warm = rng.uniform(0.3, 1.0)  # sodium and tungsten lamps are orange, LEDs white
-        colour = np.array([1.0, 1.0 - 0.45 * warm, 1.0 - 0.8 * warm]) * _uniform(rng, cfg.lamp_intensity)
+        colour = _lamp_colour(rng) * _uniform(rng, cfg.lamp_intensity)
         centre, r16 = (round(cx * 16), round(cy * 16)), max(8, round(radius * 16))  # 4 bits of sub-pixel
         cv2.circle(lamps, centre, r16, colour.tolist(), -1, cv2.LINE_AA, 4)
     return lamps
+
+
+def _lamp_colour(rng: np.random.Generator) -> np.ndarray:
+    """Relative RGB of a lamp: sodium and tungsten lamps are orange, LEDs white."""
+    warm = rng.uniform(0.0, 1.0)
+    return np.array([1.0, 1.0 - 0.45 * warm, 1.0 - 0.8 * warm], np.float32)
 
 
 def _stamp_drop(
@@ -337,6 +360,8 @@ def _drop_radiance(
     ambient = _uniform(rng, cfg.ambient) * float(luminance.mean())
     t = transmittance[..., None]
     radiance = t * gain * _seen_through(boosted, map_x, map_y) + (1.0 - t) * ambient
+    if shot.glow:
+        radiance += t * shot.glow * _lamp_colour(rng)
     if rng.random() < cfg.specular_prob:  # a light behind the camera mirrored in the drop's surface
         light = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.8, -0.2), -1.0], np.float32)
         light /= np.linalg.norm(light)
@@ -372,7 +397,7 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         scene = scene * shot.exposure
         lamps = _lamps(scene.shape, rng, cfg, scale)
         scene = scene + lamps
-    scene = optics.defocus(scene, shot.scene_blur)
+    scene = optics.defocus(scene, shot.scene_blur, shot.bokeh_rim)
     rainy = scene
     mask = np.zeros((h, w), np.uint8)
     if not empty:
@@ -380,8 +405,9 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         heights = height_field(region, rng, cfg)
         drops = _drop_radiance(scene, heights, shot, rng, cfg)
         alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 0.6)  # anti-aliased contact line
-        alpha_blurred = optics.defocus(alpha, shot.glass_blur)
-        rainy = scene * (1.0 - alpha_blurred[..., None]) + optics.defocus(drops * alpha[..., None], shot.glass_blur)
+        alpha_blurred = optics.defocus(alpha, shot.glass_blur, shot.bokeh_rim)
+        lit_drops = optics.defocus(drops * alpha[..., None], shot.glass_blur, shot.bokeh_rim)
+        rainy = scene * (1.0 - alpha_blurred[..., None]) + lit_drops
         near = cv2.dilate((alpha_blurred > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2)
         wet = optics.defocus(alpha, max(shot.glass_blur, 20.0 * scale) * 2)  # share of the glass wet nearby
         if shot.haze:

@@ -139,7 +139,9 @@ class RenderConfig:
     night_glow: tuple[float, float] = (0.03, 1.5)
     """Lamp light each drop gathers at night from its wide view (linear, times white; drawn
     log-uniformly): lamps around and behind the camera light drops far from any lamp in the
-    frame, so a night window shows a bokeh disc for every drop."""
+    frame, so a night window shows a bokeh disc for every drop. Added evenly over the drop, which
+    is what its defocus disc does to the lamps' tiny images; a drop in focus shows them as points
+    (its traced view of the lamps in the frame), so it gets none."""
 
     # The lens.
     bokeh_rim_prob: float = 0.3
@@ -200,7 +202,7 @@ class Shot:
     night: bool
     exposure: float
     glow: float
-    """Lamp light every drop gathers (0 by day)."""
+    """Lamp light every drop gathers, spread by the glass's defocus (0 by day or in focus)."""
     bokeh_rim: float
     sky_boost: float
     haze: float
@@ -222,7 +224,7 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
     scene_fraction = _uniform(rng, cfg.drop_focus_scene_blur)
     night = rng.random() < cfg.night_prob
     exposure = _uniform(rng, cfg.night_exposure) if night else 1.0
-    glow = log_uniform(rng, cfg.night_glow) if night else 0.0
+    glow = log_uniform(rng, cfg.night_glow) if night and not drop_focus else 0.0
     rim = _uniform(rng, cfg.bokeh_rim) if rng.random() < cfg.bokeh_rim_prob else 0.0
     haze = _uniform(rng, cfg.haze) if rng.random() < cfg.haze_prob else 0.0
     noise = _uniform(rng, cfg.noise) * (3.0 if night else 1.0) if rng.random() < cfg.noise_prob else 0.0

@@ -174,16 +174,20 @@ def test_night_lamps_seen_through_drops_become_bokeh_discs_of_the_glass_blur():
     assert np.median(widths) >= 0.7 * glass_blur, "each lit drop spreads over the circle of confusion"
 
 
-def test_at_night_drops_glow_without_a_lamp_in_the_frame():
+def test_at_night_defocused_drops_glow_without_a_lamp_in_the_frame():
     black = np.zeros((120, 160, 3), np.float32)
-    night = dataclasses.replace(PLAIN, night_prob=1.0, lamps=(0, 0), glare=(0.0, 0.0), coverage=(0.2, 0.2))
-    rainy, clean, mask = render_raindrops(
-        black, np.random.default_rng(3), dataclasses.replace(night, night_glow=(1.0, 1.0))
+    night = dataclasses.replace(
+        PLAIN, night_prob=1.0, lamps=(0, 0), glare=(0.0, 0.0), specular_prob=0.0, coverage=(0.2, 0.2)
     )
+
+    def render(**changes):
+        return render_raindrops(black, np.random.default_rng(3), dataclasses.replace(night, **changes))
+
+    rainy, clean, mask = render(drop_focus_prob=0.0, night_glow=(1.0, 1.0))
     assert clean.max() == 0 and mask.any()
     assert np.median(rainy[mask > 0].max(axis=1)) > 0.3, "the drops show the lamps around the camera"
-    dark, _, _ = render_raindrops(black, np.random.default_rng(3), dataclasses.replace(night, night_glow=(1e-4, 1e-4)))
-    assert dark.max() < 0.1
+    assert render(drop_focus_prob=0.0, night_glow=(1e-4, 1e-4)).rainy.max() < 0.1
+    assert render(drop_focus_prob=1.0, night_glow=(1.0, 1.0)).rainy.max() < 0.1, "in focus, lamps are points"
 
 
 def test_a_bokeh_rim_puts_light_at_the_discs_edge_and_keeps_its_total():

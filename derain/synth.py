@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -167,6 +167,28 @@ class RenderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_settings(self, settings: Sequence[str]) -> RenderConfig:
+        """A copy with ``NAME=VALUE`` settings applied, as typed on a command line: a number, or
+        two numbers ``LOW,HIGH`` for a range (``night_prob=0.5``, ``coverage=0.3,0.7``)."""
+        changes = {}
+        for setting in settings:
+            name, sep, text = setting.partition("=")
+            name = name.strip()
+            current = getattr(self, name, None) if sep else None
+            if current is None or name == "cameras":
+                raise ValueError(f"'{setting}': expected NAME=VALUE with NAME one of RenderConfig's numbers or ranges")
+            kind = type(current[0]) if isinstance(current, tuple) else type(current)
+            try:
+                values = tuple(kind(v) for v in text.split(","))
+            except ValueError:
+                raise ValueError(f"'{setting}': {text!r} is not a {kind.__name__}") from None
+            if len(values) != (len(current) if isinstance(current, tuple) else 1):
+                raise ValueError(
+                    f"'{setting}': {name} takes {'LOW,HIGH' if isinstance(current, tuple) else 'one value'}"
+                )
+            changes[name] = values if isinstance(current, tuple) else values[0]
+        return replace(self, **changes)
 
 
 class Rendering(NamedTuple):

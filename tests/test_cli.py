@@ -666,6 +666,23 @@ def test_synth_preview_writes_one_contact_sheet(tmp_path: Path, rng: np.random.G
     assert_fails(result, 2, ".png or .jpg", one_line=False)
 
 
+def test_synth_set_changes_the_renderer_and_rejects_unknown_names(tmp_path: Path, rng: np.random.Generator) -> None:
+    photo(tmp_path / "clean" / "a.png", rng, 72, 96)
+    args = ["--count", "2", "--size", "64x48"]
+    assert_ok(run("synth", tmp_path / "clean", "-o", tmp_path / "plain", *args))
+    assert_ok(run("synth", tmp_path / "clean", "-o", tmp_path / "dry", *args, "--set", "empty_prob=1"))
+    for i in range(2):
+        assert np.array_equal(
+            read(tmp_path / "dry" / "data" / f"{i}_rain.png"), read(tmp_path / "dry" / "gt" / f"{i}_clean.png")
+        )
+    assert digest(tmp_path / "plain") != digest(tmp_path / "dry")
+    for bad in ("no_such=1", "coverage=0.5", "night_prob=often", "cameras=1"):
+        assert_fails(
+            run("synth", tmp_path / "clean", "-o", tmp_path / "bad", *args, "--set", bad), 2, "--set", one_line=False
+        )
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("size", ["64by48", "64x", "8x8", "64x48x3"])
 def test_synth_bad_size(tmp_path: Path, rng: np.random.Generator, size: str) -> None:
     photo(tmp_path / "clean" / "a.png", rng)

@@ -4,6 +4,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 
 from derain import optics
 from derain.synth import (
@@ -196,6 +197,15 @@ def test_a_bokeh_rim_puts_light_at_the_discs_edge_and_keeps_its_total():
     centre, edge = rimmed.shape[0] // 2, rimmed.shape[0] // 2 + 9  # the radius is 10.5 px
     assert rimmed[centre, edge] > 3 * rimmed[centre, centre]
     assert math.isclose(plain[centre, edge], plain[centre, centre], rel_tol=1e-6)
+
+
+def test_settings_from_a_command_line_keep_each_fields_type():
+    cfg = RenderConfig().with_settings(["night_prob=0.5", "coverage=0.3,0.7", "lamps=3,4", " mask_close=7"])
+    assert cfg.night_prob == 0.5 and cfg.coverage == (0.3, 0.7) and cfg.lamps == (3, 4) and cfg.mask_close == 7
+    assert RenderConfig().with_settings([]) == RenderConfig()
+    for bad in ("night_prob", "lamps=3", "lamps=3.5,4", "nope=1"):
+        with pytest.raises(ValueError, match="'"):
+            RenderConfig().with_settings([bad])
 
 
 def test_triples_are_uint8_and_never_flipped_vertically():

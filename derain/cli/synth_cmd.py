@@ -9,7 +9,7 @@ import cv2
 from rich.markup import escape
 from rich.progress import Progress
 
-from ..synth import RENDERER_VERSION, contact_sheet, list_photos, render_samples, synthesize_dataset
+from ..synth import RENDERER_VERSION, RenderConfig, contact_sheet, list_photos, render_samples, synthesize_dataset
 from .common import InputFailed, console, friendly
 
 
@@ -61,9 +61,24 @@ def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
     help="Instead of a dataset, write a contact sheet of N rainy renders to OUTPUT (a .png/.jpg file): "
     "look at it beside real rainy photos before training on a renderer change.",
 )
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a RenderConfig parameter (repeatable): a number, or LOW,HIGH for a range. "
+    "E.g. --set night_prob=0.5 --set drop_focus_prob=0.5 for a set rich in night and drop-focused shots.",
+)
 @friendly
 def synth_cmd(
-    clean_dir: Path, output: Path, count: int, size: tuple[int, int], seed: int, split: str, preview: int | None
+    clean_dir: Path,
+    output: Path,
+    count: int,
+    size: tuple[int, int],
+    seed: int,
+    split: str,
+    preview: int | None,
+    settings: tuple[str, ...],
 ) -> None:
     """Render raindrops onto clean photos: (rainy, clean, mask) triples in the Raindrop layout.
 
@@ -75,24 +90,30 @@ def synth_cmd(
     Example:
       derain synth photos/ -o data/train --count 1400 --split train
       derain synth photos/ -o data/val --count 50 --split val --seed 1000
-      derain synth photos/ -o renders.png --preview 16
+      derain synth photos/ -o renders.png --preview 16 --set night_prob=1
     """
+    try:
+        cfg = RenderConfig().with_settings(settings)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--set'") from None
     photos = photos_to_render(clean_dir, split)
     if preview:
-        _write_preview(photos, output, preview, size, seed)
+        _write_preview(photos, output, preview, size, seed, cfg)
         return
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering (renderer v{RENDERER_VERSION})", total=count)
-        synthesize_dataset(photos, output, count, size, seed, on_sample=lambda i: progress.advance(task))
+        synthesize_dataset(photos, output, count, size, seed, cfg, on_sample=lambda i: progress.advance(task))
     console.print(f"[green]✓[/] {count} triples from {len(photos)} photos in {escape(str(output))}")
 
 
-def _write_preview(photos: list[Path], output: Path, count: int, size: tuple[int, int], seed: int) -> None:
+def _write_preview(
+    photos: list[Path], output: Path, count: int, size: tuple[int, int], seed: int, cfg: RenderConfig
+) -> None:
     if output.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise click.BadParameter(f"'{output}': a contact sheet is written as .png or .jpg", param_hint="'-o'")
     if output.is_dir():
         raise InputFailed(f"{output} is a folder: name the sheet's file, e.g. {output / 'renders.png'}")
-    rainy = [sample[0] for sample in render_samples(photos, count, size, seed)]
+    rainy = [sample[0] for sample in render_samples(photos, count, size, seed, cfg)]
     sheet = contact_sheet(rainy, columns=min(4, count))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -171,13 +171,14 @@ class RenderConfig:
     def with_settings(self, settings: Sequence[str]) -> RenderConfig:
         """A copy with ``NAME=VALUE`` settings applied, as typed on a command line: a number, or
         two numbers ``LOW,HIGH`` for a range (``night_prob=0.5``, ``coverage=0.3,0.7``)."""
+        numbers = {f.name for f in fields(self)} - {"cameras"}
         changes = {}
         for setting in settings:
             name, sep, text = setting.partition("=")
             name = name.strip()
-            current = getattr(self, name, None) if sep else None
-            if current is None or name == "cameras":
+            if not sep or name not in numbers:
                 raise ValueError(f"'{setting}': expected NAME=VALUE with NAME one of RenderConfig's numbers or ranges")
+            current = getattr(self, name)
             kind = type(current[0]) if isinstance(current, tuple) else type(current)
             try:
                 values = tuple(kind(v) for v in text.split(","))

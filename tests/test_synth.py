@@ -203,7 +203,7 @@ def test_settings_from_a_command_line_keep_each_fields_type():
     cfg = RenderConfig().with_settings(["night_prob=0.5", "coverage=0.3,0.7", "lamps=3,4", " mask_close=7"])
     assert cfg.night_prob == 0.5 and cfg.coverage == (0.3, 0.7) and cfg.lamps == (3, 4) and cfg.mask_close == 7
     assert RenderConfig().with_settings([]) == RenderConfig()
-    for bad in ("night_prob", "lamps=3", "lamps=3.5,4", "nope=1"):
+    for bad in ("night_prob", "lamps=3", "lamps=3.5,4", "nope=1", "to_dict=1", "cameras=1"):
         with pytest.raises(ValueError, match="'"):
             RenderConfig().with_settings([bad])
 

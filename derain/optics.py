@@ -115,9 +115,9 @@ def disc_kernel(diameter: float, rim: float = 0.0) -> np.ndarray:
     distance = np.hypot(yy, xx)
     disc = np.clip(radius + 0.5 - distance, 0.0, 1.0).astype(np.float32)
     kernel = disc / disc.sum()
-    inner = radius - max(1.5, RIM_WIDTH * radius)
-    ring = disc - np.clip(inner + 0.5 - distance, 0.0, 1.0).astype(np.float32)
-    if rim > 0 and ring.sum() > 0:
+    if rim > 0:
+        inner = radius - max(1.5, RIM_WIDTH * radius)
+        ring = disc - np.clip(inner + 0.5 - distance, 0.0, 1.0).astype(np.float32)
         kernel = (1.0 - rim) * kernel + rim * ring / ring.sum()
     return kernel
 

@@ -179,16 +179,15 @@ class RenderConfig:
             if not sep or name not in numbers:
                 raise ValueError(f"'{setting}': expected NAME=VALUE with NAME one of RenderConfig's numbers or ranges")
             current = getattr(self, name)
-            kind = type(current[0]) if isinstance(current, tuple) else type(current)
+            is_range = isinstance(current, tuple)
+            kind = type(current[0] if is_range else current)
             try:
                 values = tuple(kind(v) for v in text.split(","))
             except ValueError:
                 raise ValueError(f"'{setting}': {text!r} is not a {kind.__name__}") from None
-            if len(values) != (len(current) if isinstance(current, tuple) else 1):
-                raise ValueError(
-                    f"'{setting}': {name} takes {'LOW,HIGH' if isinstance(current, tuple) else 'one value'}"
-                )
-            changes[name] = values if isinstance(current, tuple) else values[0]
+            if len(values) != (len(current) if is_range else 1):
+                raise ValueError(f"'{setting}': {name} takes {'LOW,HIGH' if is_range else 'one value'}")
+            changes[name] = values if is_range else values[0]
         return replace(self, **changes)
 
 

@@ -33,9 +33,10 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.2"
+RENDERER_VERSION = "3.3"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
-3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim."""
+3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
+3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -136,7 +137,7 @@ class RenderConfig:
     """Lamp radiance, times white: far beyond what the sensor holds, as real lamps are."""
     glare: tuple[float, float] = (0.02, 0.12)
     glare_sigma: tuple[float, float] = (8.0, 40.0)
-    night_glow: tuple[float, float] = (0.03, 1.5)
+    night_glow: tuple[float, float] = (0.02, 0.5)
     """Lamp light each drop gathers at night from its wide view (linear, times white; drawn
     log-uniformly): lamps around and behind the camera light drops far from any lamp in the
     frame, so a night window shows a bokeh disc for every drop. Added evenly over the drop, which
@@ -144,7 +145,7 @@ class RenderConfig:
     (its traced view of the lamps in the frame), so it gets none."""
 
     # The lens.
-    bokeh_rim_prob: float = 0.3
+    bokeh_rim_prob: float = 0.5
     bokeh_rim: tuple[float, float] = (0.2, 0.6)
     """Share of a defocus disc's light in a bright ring at its edge (lenses with spherical
     aberration): lit drops become rimmed discs."""

@@ -33,10 +33,11 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.3"
+RENDERER_VERSION = "3.4"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
 3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
-3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots."""
+3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots.
+3.4: drizzle: dense small round drops that stand apart (merged clusters looked crumpled, not real)."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -90,6 +91,11 @@ class RenderConfig:
     large_drop_prob: float = 0.3
     """Chance that an image also gets a few large drops of ``large_radius``."""
     large_radius: tuple[float, float] = (40.0, 80.0)
+    drizzle_prob: float = 0.15
+    """Chance that the water is a drizzle's beading: up to ``drizzle_drops`` small, separate drops
+    of ``drizzle_radius`` instead of the usual mix (dense and sharp when focused on the glass)."""
+    drizzle_radius: tuple[float, float] = (1.5, 7.0)
+    drizzle_drops: int = 6000
     contact_angle: tuple[float, float] = (25.0, 80.0)
     """Water on glass: 25–80° (clean to dirty or coated glass)."""
     flat_radius: tuple[float, float] = (12.0, 40.0)
@@ -287,10 +293,19 @@ def _lamp_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _stamp_drop(
-    region: np.ndarray, rng: np.random.Generator, cy: float, cx: float, radius: float, cfg: RenderConfig
+    region: np.ndarray,
+    rng: np.random.Generator,
+    cy: float,
+    cx: float,
+    radius: float,
+    cfg: RenderConfig,
+    apart: bool = False,
 ) -> int:
-    """Add one drop's footprint (and maybe its trail) to ``region``; returns the pixels it added."""
-    ry, rx = radius * _uniform(rng, cfg.aspect), radius
+    """Add one drop's footprint (and maybe its trail) to ``region``; returns the pixels it added.
+
+    ``apart``: a single round blob that lands only on dry glass (a drizzle's beads, too small for
+    gravity to deform, stay round and apart)."""
+    ry, rx = radius * (1.0 if apart else _uniform(rng, cfg.aspect)), radius
     trail = rng.random() < cfg.trail_prob
     trail_up = ry * _uniform(rng, (2.0, 6.0)) if trail else 0.0
     h, w = region.shape
@@ -300,7 +315,7 @@ def _stamp_drop(
         return 0
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     field = np.zeros(yy.shape, np.float32)
-    for _ in range(int(rng.integers(cfg.blobs[0], cfg.blobs[1] + 1))):
+    for _ in range(1 if apart else int(rng.integers(cfg.blobs[0], cfg.blobs[1] + 1))):
         oy, ox = rng.normal(0, 0.2, 2) * (ry, rx)
         oy = abs(oy)  # water gathers at the bottom of a drop
         sy, sx = ry * rng.uniform(0.6, 1.0), rx * rng.uniform(0.6, 1.0)
@@ -314,7 +329,7 @@ def _stamp_drop(
     patch = region[y0:y1, x0:x1]
     footprint = (field > 0.45).astype(np.uint8)
     overlap = int((patch & footprint).sum())
-    if overlap > 0.3 * footprint.sum() and rng.random() >= cfg.merge_prob:
+    if overlap and (apart or (overlap > 0.3 * footprint.sum() and rng.random() >= cfg.merge_prob)):
         return 0
     before = int(patch.sum())
     np.maximum(patch, footprint, out=patch)
@@ -326,7 +341,9 @@ def draw_footprints(rng: np.random.Generator, height: int, width: int, cfg: Rend
     scale = width / REFERENCE_WIDTH
     u = rng.random() ** cfg.coverage_skew
     target = (cfg.coverage[0] + u * (cfg.coverage[1] - cfg.coverage[0])) * height * width
-    radii = [log_uniform(rng, cfg.radius) * scale for _ in range(cfg.max_drops)]
+    drizzle = rng.random() < cfg.drizzle_prob
+    sizes, count = (cfg.drizzle_radius, cfg.drizzle_drops) if drizzle else (cfg.radius, cfg.max_drops)
+    radii = [log_uniform(rng, sizes) * scale for _ in range(count)]
     if rng.random() < cfg.large_drop_prob:
         big = int(rng.integers(1, 5))
         radii[:big] = [_uniform(rng, cfg.large_radius) * scale for _ in range(big)]
@@ -335,7 +352,7 @@ def draw_footprints(rng: np.random.Generator, height: int, width: int, cfg: Rend
     for radius in radii:
         if area >= target:
             break
-        area += _stamp_drop(region, rng, rng.uniform(0, height), rng.uniform(0, width), radius, cfg)
+        area += _stamp_drop(region, rng, rng.uniform(0, height), rng.uniform(0, width), radius, cfg, drizzle)
     return region
 
 

@@ -11,6 +11,7 @@ from derain.synth import (
     PHONE,
     RenderConfig,
     contact_sheet,
+    draw_footprints,
     draw_shot,
     list_photos,
     make_triple,
@@ -77,10 +78,12 @@ def test_mask_marks_exactly_where_the_drops_changed_the_image():
 def test_the_wet_glass_veil_lies_where_the_water_is():
     """Dry glass between sparse drops shows the scene untouched, or a model learns to dim every photo."""
     clean = _photo(240, 320).astype(np.float32) / 255
-    sparse = dict(empty_prob=0.0, coverage=(0.03, 0.03), noise_prob=0.0, jpeg_prob=0.0, night_prob=0.0)
+    sparse = dict(
+        empty_prob=0.0, coverage=(0.03, 0.03), drizzle_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, night_prob=0.0
+    )
     for floor, untouched in ((0.0, lambda share: share > 0.3), (0.3, lambda share: share < 0.05)):
         cfg = RenderConfig(haze_prob=1.0, haze=(0.3, 0.3), haze_floor=floor, **sparse)
-        rainy, target, mask = render_raindrops(clean, np.random.default_rng(2), cfg)
+        rainy, target, mask = render_raindrops(clean, np.random.default_rng(1), cfg)
         assert mask.any()
         assert untouched(np.mean(np.all(rainy == target, axis=2))), f"haze_floor={floor}"
 
@@ -197,6 +200,16 @@ def test_a_bokeh_rim_puts_light_at_the_discs_edge_and_keeps_its_total():
     centre, edge = rimmed.shape[0] // 2, rimmed.shape[0] // 2 + 9  # the radius is 10.5 px
     assert rimmed[centre, edge] > 3 * rimmed[centre, centre]
     assert math.isclose(plain[centre, edge], plain[centre, centre], rel_tol=1e-6)
+
+
+def test_a_drizzle_is_many_small_drops_that_stand_apart():
+    cfg = RenderConfig(drizzle_prob=1.0, large_drop_prob=0.0, trail_prob=0.0, coverage=(0.2, 0.2))
+    region = draw_footprints(np.random.default_rng(0), 240, 720, cfg)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=4)
+    assert region.mean() == pytest.approx(0.2, abs=0.01)
+    assert count - 1 > 1000
+    # no drop joins another: at most two beads just touching, never a merged cluster
+    assert stats[1:, cv2.CC_STAT_AREA].max() < 2 * math.pi * cfg.drizzle_radius[1] ** 2
 
 
 def test_settings_from_a_command_line_keep_each_fields_type():

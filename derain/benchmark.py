@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import Derainer, _pad_to_multiple
+from .engine import Derainer, _pad_to_multiple, gate_weights
 from .metrics import psnr
 from .model import SIZE_MULTIPLE, Generator
 
@@ -160,9 +160,10 @@ def conv_peaks(derainer: Derainer, width: int, height: int) -> dict[str, float]:
 
 
 def time_onnx(
-    weights: str | None, steps: int, image: np.ndarray, repeat: int, flops_per_mp: float
+    weights: str | None, steps: int, image: np.ndarray, repeat: int, flops_per_mp: float, gate: bool = True
 ) -> tuple[BenchRow, np.ndarray]:
-    """onnxruntime's CPU speed on the same weights, steps and photo (untiled fp32, its own threads)."""
+    """onnxruntime's CPU speed on the same weights, steps and photo (untiled fp32, its own threads);
+    the output gated as the engine gates it, after the timing (the graph is the network alone)."""
     from .export import export_onnx, require
 
     require("onnxruntime")
@@ -178,13 +179,17 @@ def time_onnx(
     padded = _pad_to_multiple(image, SIZE_MULTIPLE)
     x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], np.float32) / 255
 
-    def run() -> np.ndarray:
-        return session.run(["derained"], {"image": x})[0]
+    def run() -> list[np.ndarray]:
+        return session.run(None, {"image": x})
 
     run()
     _reset_peak(torch.device("cpu"))
-    seconds, out = _best_time(run, repeat, torch.device("cpu"))
-    clean = np.rint(out[0].transpose(1, 2, 0)[:height, :width] * 255).astype(np.uint8)
+    seconds, (derained, attention) = _best_time(run, repeat, torch.device("cpu"))
+    out = derained[0].transpose(1, 2, 0)
+    if gate:
+        rgb = x[0].transpose(1, 2, 0)
+        out = rgb + gate_weights(attention[0, -1])[..., None] * (out - rgb)
+    clean = np.clip(np.rint(out[:height, :width] * 255), 0, 255).astype(np.uint8)
     return _row("onnxruntime", ("cpu", "fp32", "none"), seconds, image, flops_per_mp), clean
 
 
@@ -220,6 +225,7 @@ def benchmark(
     tile: str = "auto",
     tile_overlap: int | None = None,
     steps: int | None = None,
+    gate: bool | None = None,
     size: tuple[int, int] = (720, 480),
     repeat: int = 2,
     reference: bool = True,
@@ -232,6 +238,7 @@ def benchmark(
         raise ValueError(f"onnxruntime runs untiled: compare at most {UNTILED_REFERENCE_LIMIT // 1_000_000} MP")
     image = synthetic_photo(width, height)
     extra = {} if tile_overlap is None else {"tile_overlap": tile_overlap}
+    extra["gate"] = gate
     chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, **extra)
     flops = flops_per_megapixel(chosen)
     peaks = conv_peaks(chosen, width, height)
@@ -257,7 +264,7 @@ def benchmark(
         report.speedup = base_row.seconds / row.seconds
         report.psnr_default_vs_fp32 = psnr(out, base_out)
     if onnx:
-        onnx_row, onnx_out = time_onnx(weights, chosen.steps, image, repeat, flops)
+        onnx_row, onnx_out = time_onnx(weights, chosen.steps, image, repeat, flops, chosen.gate)
         report.rows.append(onnx_row)
         report.onnx_speedup = onnx_row.seconds / row.seconds
         report.psnr_onnx_vs_default = psnr(onnx_out, out)

@@ -44,6 +44,12 @@ class WeightsInfo:
     meta: dict = field(default_factory=dict)
     """Free-form provenance: training data, steps, validation scores, version."""
 
+    @property
+    def gate(self) -> bool:
+        """Whether these weights were validated with the engine's attention gate on (``meta["gate"]``),
+        and so run with it unless told otherwise; the official weights and plain runs were not."""
+        return bool(self.meta.get("gate", False))
+
 
 # Official flat key prefix -> our module path. Order matters only for readability.
 _OFFICIAL_RULES: list[tuple[str, str]] = [

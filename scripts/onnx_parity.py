@@ -1,4 +1,4 @@
-"""How far the exported ONNX graph is from Derainer(precision="fp32", tile=0) on real photos.
+"""How far the exported ONNX graph is from Derainer(precision="fp32", tile=0, gate=False) on real photos.
 
 Each photo is cropped to an odd size (1 to 3 pixels off each edge's end, so every padding
 remainder occurs), fed to onnxruntime as the README's ONNX section shows (reflect-padded to a
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--max-side", type=int, default=0, help="downscale larger photos to this edge first")
     args = parser.parse_args()
-    derainer = Derainer(args.weights, device="cpu", precision="fp32", tile=0, steps=args.steps)
+    derainer = Derainer(args.weights, device="cpu", precision="fp32", tile=0, steps=args.steps, gate=False)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(path, args.weights, args.steps)

@@ -899,3 +899,17 @@ def test_batch_reports_outputs_that_would_collide(tmp_path, tiny_weights):
     assert result.exit_code == 1
     assert "already taken" in result.output
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_no_gate_gives_the_networks_raw_output(tiny_weights, tmp_path, rng):
+    image = random_image(rng, 48, 64)
+    cv2.imwrite(str(tmp_path / "x.png"), image[..., ::-1])
+    written = []
+    for flag, gate in (("--gate", True), ("--no-gate", False)):
+        out = tmp_path / f"{flag}.png"
+        result = run("clean", tmp_path / "x.png", "-o", out, "--weights", tiny_weights, "--precision", "fp32", flag)
+        assert result.exit_code == 0, result.output
+        written.append(cv2.imread(str(out))[..., ::-1])
+        expected = Derainer(tiny_weights, device="cpu", precision="fp32", gate=gate).clean(image)
+        assert np.array_equal(written[-1], expected), flag
+    assert not np.array_equal(*written), "the gate kept some of the input"

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from derain.engine import Derainer, Precision, _parse_tile, pick_device, pick_precision
+from derain.engine import GATE_LEVEL, Derainer, Precision, _parse_tile, gate_weights, pick_device, pick_precision
 from derain.metrics import psnr
+from derain.weights import save_weights
 
-from .conftest import random_image
+from .conftest import random_image, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -41,6 +42,33 @@ def test_run_returns_image_and_maps_from_one_pass(tiny_weights, rng):
     result = derainer.run(image, with_attention=True)
     assert np.array_equal(result.image, derainer.clean(image))
     assert derainer.run(image).attention is None
+
+
+def test_the_gate_takes_the_output_near_drops_and_the_input_far_from_them():
+    attention = np.zeros((200, 300), np.float32)
+    attention[95:105, 45:55] = 1.0  # one small drop
+    gate = gate_weights(attention)
+    assert gate[100, 50] == 1.0, "the drop: the output in full, however small"
+    assert 0.0 < gate[100, 80] < 1.0, "its soft edge: some"
+    assert gate[100, 250] == 0.0 and gate[10, 290] == 0.0, "far from it: the input"
+    assert gate_weights(np.full((50, 60), GATE_LEVEL * 0.5, np.float32)) == pytest.approx(0.5)
+    assert not gate_weights(np.zeros((50, 60), np.float32)).any()
+
+
+def test_gated_output_blends_raw_output_and_input_by_the_gate(tiny_weights, rng):
+    image = random_image(rng, 48, 64)  # a multiple of 4: no padding, maps and pixels line up
+    raw = Derainer(tiny_weights, device="cpu", precision="fp32", gate=False).run(image, with_attention=True)
+    gated = Derainer(tiny_weights, device="cpu", precision="fp32", gate=True).clean(image)
+    gate = gate_weights(raw.attention[-1])[..., None]
+    expected = image + gate * (raw.image.astype(np.float32) - image)
+    assert np.abs(gated - expected).max() <= 1.0, "the blend of the 8-bit raw output, within its rounding"
+
+
+def test_the_gate_is_on_by_default_only_for_weights_validated_with_it(tiny_weights, tmp_path):
+    gated = save_weights(tiny_model(), tmp_path / "gated.safetensors", {"gate": True})
+    assert Derainer(gated, device="cpu").gate and not Derainer(gated, device="cpu", gate=False).gate
+    assert not Derainer(tiny_weights, device="cpu").gate, "plain weights (and gen.pkl): the raw output"
+    assert Derainer(tiny_weights, device="cpu", gate=True).gate
 
 
 @pytest.mark.parametrize(

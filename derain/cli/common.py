@@ -32,7 +32,7 @@ class BadSetup(click.ClickException):
 
 
 def model_options(command: Callable) -> Callable:
-    """--weights, --device, --precision, --tile, --tile-overlap, --steps."""
+    """--weights, --device, --precision, --tile, --tile-overlap, --steps, --gate."""
     options = [
         click.option(
             "--weights",
@@ -77,6 +77,13 @@ def model_options(command: Callable) -> Callable:
             metavar="N",
             help="Attentive-recurrent steps: fewer is faster, at some cost in drops found (see the README).  "
             "[default: the weights' own]",
+        ),
+        click.option(
+            "--gate/--no-gate",
+            default=None,
+            help="Take the network's output only where its attention map found drops (blurred to cover "
+            "their soft edges) and keep the input elsewhere; --no-gate: the raw output everywhere.  "
+            "[default: as the weights were validated: on for the shipped ones, off for gen.pkl]",
         ),
     ]
     for option in reversed(options):
@@ -140,15 +147,12 @@ def _parse_pixels(ctx: click.Context, param: click.Parameter, value: str) -> int
     return pixels or None
 
 
-def load_derainer(
-    weights: str | None, device: str, precision: str, tile: str, tile_overlap: int, steps: int | None = None
-) -> Derainer:
-    """Build the engine, turning any setup problem into a one-line error with exit code 2."""
+def load_derainer(weights: str | None, **settings: object) -> Derainer:
+    """Build the engine from :func:`model_options`' values (named as ``Derainer``'s arguments),
+    turning any setup problem into a one-line error with exit code 2."""
     try:
         with console.status("Loading model…"):
-            return Derainer(
-                weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap, steps=steps
-            )
+            return Derainer(weights, **settings)
     except (WeightsError, ValueError, TypeError) as exc:
         raise BadSetup(str(exc)) from None
 

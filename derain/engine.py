@@ -332,8 +332,11 @@ def gate_weights(attention: np.ndarray, sigma: float = GATE_SIGMA, level: float 
     output is taken in full, and where both are near zero the input comes through unchanged.
     """
     attention = np.clip(attention, 0.0, 1.0).astype(np.float32)
-    spread = np.maximum(attention, cv2.GaussianBlur(attention, (0, 0), sigma))
-    return np.clip(spread / level, 0.0, 1.0)
+    height, width = attention.shape
+    # a wide blur is smooth: blurred at a quarter of the size it costs 1/60 (0.3 s → 5 ms at 1080p)
+    small = cv2.resize(attention, (max(1, width // 4), max(1, height // 4)), interpolation=cv2.INTER_AREA)
+    halo = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / 4), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.maximum(attention, halo) / level, 0.0, 1.0)
 
 
 def _parse_tile(tile: int | str) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import Derainer, _pad_to_multiple, gate_weights
+from .engine import Derainer, _pad_to_multiple, apply_gate
 from .metrics import psnr
 from .model import SIZE_MULTIPLE, Generator
 
@@ -160,7 +160,7 @@ def conv_peaks(derainer: Derainer, width: int, height: int) -> dict[str, float]:
 
 
 def time_onnx(
-    weights: str | None, steps: int, image: np.ndarray, repeat: int, flops_per_mp: float, gate: bool = True
+    weights: str | None, steps: int, image: np.ndarray, repeat: int, flops_per_mp: float, gate: bool
 ) -> tuple[BenchRow, np.ndarray]:
     """onnxruntime's CPU speed on the same weights, steps and photo (untiled fp32, its own threads);
     the output gated as the engine gates it, after the timing (the graph is the network alone)."""
@@ -187,8 +187,7 @@ def time_onnx(
     seconds, (derained, attention) = _best_time(run, repeat, torch.device("cpu"))
     out = derained[0].transpose(1, 2, 0)
     if gate:
-        rgb = x[0].transpose(1, 2, 0)
-        out = rgb + gate_weights(attention[0, -1])[..., None] * (out - rgb)
+        apply_gate(out, x[0].transpose(1, 2, 0), attention[0, -1])
     clean = np.clip(np.rint(out[:height, :width] * 255), 0, 255).astype(np.uint8)
     return _row("onnxruntime", ("cpu", "fp32", "none"), seconds, image, flops_per_mp), clean
 
@@ -238,8 +237,7 @@ def benchmark(
         raise ValueError(f"onnxruntime runs untiled: compare at most {UNTILED_REFERENCE_LIMIT // 1_000_000} MP")
     image = synthetic_photo(width, height)
     extra = {} if tile_overlap is None else {"tile_overlap": tile_overlap}
-    extra["gate"] = gate
-    chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, **extra)
+    chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, gate=gate, **extra)
     flops = flops_per_megapixel(chosen)
     peaks = conv_peaks(chosen, width, height)
     row, out = time_derainer("default", chosen, image, repeat, flops)
@@ -258,7 +256,9 @@ def benchmark(
     )
     if reference:
         untiled = width * height <= UNTILED_REFERENCE_LIMIT
-        plain = Derainer(weights, device=device, precision="fp32", tile=0 if untiled else "auto", steps=steps, **extra)
+        plain = Derainer(
+            weights, device=device, precision="fp32", tile=0 if untiled else "auto", steps=steps, gate=gate, **extra
+        )
         base_row, base_out = time_derainer("plain fp32" if untiled else "fp32 (tiled)", plain, image, repeat, flops)
         report.rows.append(base_row)
         report.speedup = base_row.seconds / row.seconds

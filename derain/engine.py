@@ -208,7 +208,7 @@ class Derainer:
                     raise
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        out = self._gated(out, padded, scale, maps[-1])
+        self._gate(out, padded, scale, maps[-1])
         return self._finish(Restoration(out, maps if with_attention else None), height, width, scale, image.dtype)
 
     def batch_size(self, height: int, width: int) -> int:
@@ -232,8 +232,9 @@ class Derainer:
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
             return [self.run(i, with_attention=True) for i in images]
-        gated = np.stack([self._gated(o, b, scale, m) for o, b, m in zip(out.image, batch, out.attention[-1])])
-        done = self._finish(Restoration(gated, out.attention), height, width, scale, images[0].dtype)
+        for output, pixels, attention in zip(out.image, batch, out.attention[-1]):
+            self._gate(output, pixels, scale, attention)
+        done = self._finish(out, height, width, scale, images[0].dtype)
         return [Restoration(done.image[k], [m[k] for m in done.attention]) for k in range(len(images))]
 
     # --- internals --------------------------------------------------------------------------
@@ -242,17 +243,10 @@ class Derainer:
         """RGB pixels (…×H×W×3) in the channel order the weights were trained on."""
         return pixels[..., ::-1] if self.weights_info.channel_order == "BGR" else pixels
 
-    def _gated(self, out: np.ndarray, image: np.ndarray, scale: float, attention: np.ndarray) -> np.ndarray:
-        """The model's float output blended with its (integer, model-order) input by the gate."""
-        if not self.gate:
-            return out
-        x = image.astype(np.float32)
-        x /= scale
-        np.clip(out, 0.0, 1.0, out=out)  # in place: at 24 MP each of these images is 290 MB
-        out -= x
-        out *= gate_weights(attention)[..., None]
-        out += x
-        return out
+    def _gate(self, out: np.ndarray, image: np.ndarray, scale: float, attention: np.ndarray) -> None:
+        """Apply the gate, if on, to the model's float output, in place; ``image`` is its integer input."""
+        if self.gate:
+            apply_gate(out, np.divide(image, scale, dtype=np.float32), attention)
 
     def _finish(self, out: Restoration, height: int, width: int, scale: float, dtype: np.dtype) -> Restoration:
         """The model's float output (…×H×W×3, maps …×H×W) cropped to the image, back in RGB, rounded
@@ -337,6 +331,16 @@ def gate_weights(attention: np.ndarray, sigma: float = GATE_SIGMA, level: float 
     small = cv2.resize(attention, (max(1, width // 4), max(1, height // 4)), interpolation=cv2.INTER_AREA)
     halo = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / 4), (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(np.maximum(attention, halo) / level, 0.0, 1.0)
+
+
+def apply_gate(output: np.ndarray, image: np.ndarray, attention: np.ndarray) -> None:
+    """Blend the network's ``output`` (H×W×3 float) with its input ``image`` (the same, in [0, 1])
+    by :func:`gate_weights` of the final attention map, in place (at 24 MP each image is 290 MB);
+    the output is clipped to [0, 1] first."""
+    np.clip(output, 0.0, 1.0, out=output)
+    output -= image
+    output *= gate_weights(attention)[..., None]
+    output += image
 
 
 def _parse_tile(tile: int | str) -> int | None:

@@ -33,11 +33,13 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.4"
+RENDERER_VERSION = "3.5"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
 3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
 3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots.
-3.4: drizzle: dense small round drops that stand apart (merged clusters looked crumpled, not real)."""
+3.4: drizzle: dense small round drops that stand apart (merged clusters looked crumpled, not real).
+3.5: at night each drop focuses the lamp light into tiny lamp images that the defocus spreads into
+bokeh discs: small drops show discs as real night photos do, large ones bright spots, not a glow."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -143,12 +145,16 @@ class RenderConfig:
     """Lamp radiance, times white: far beyond what the sensor holds, as real lamps are."""
     glare: tuple[float, float] = (0.02, 0.12)
     glare_sigma: tuple[float, float] = (8.0, 40.0)
-    night_glow: tuple[float, float] = (0.02, 0.5)
-    """Lamp light each drop gathers at night from its wide view (linear, times white; drawn
-    log-uniformly): lamps around and behind the camera light drops far from any lamp in the
-    frame, so a night window shows a bokeh disc for every drop. Added evenly over the drop, which
-    is what its defocus disc does to the lamps' tiny images; a drop in focus shows them as points
-    (its traced view of the lamps in the frame), so it gets none."""
+    night_glow: tuple[float, float] = (0.05, 4.0)
+    """Lamp light each drop gathers at night from its wide view, per pixel of the drop (linear,
+    times white; drawn log-uniformly): lamps around and behind the camera light drops far from any
+    lamp in the frame. A drop focuses it into a few tiny lamp images (points); the glass's defocus
+    spreads each into a bokeh disc, so a night window shows a disc for every drop, about as large
+    as the blur and brighter the larger the drop, and a drop in focus shows bright points."""
+    lamp_images: tuple[int, int] = (1, 3)
+    """Lamp images per drop (the lamps in its view)."""
+    lamp_image_spread: float = 0.6
+    """Log-normal sigma of each lamp image's light (near and far, bright and dim lamps)."""
 
     # The lens.
     bokeh_rim_prob: float = 0.5
@@ -231,7 +237,7 @@ class Shot:
     night: bool
     exposure: float
     glow: float
-    """Lamp light every drop gathers, spread by the glass's defocus (0 by day or in focus)."""
+    """Lamp light every drop gathers, per pixel of the drop (0 by day)."""
     bokeh_rim: float
     sky_boost: float
     haze: float
@@ -253,7 +259,7 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
     scene_fraction = _uniform(rng, cfg.drop_focus_scene_blur)
     night = rng.random() < cfg.night_prob
     exposure = _uniform(rng, cfg.night_exposure) if night else 1.0
-    glow = log_uniform(rng, cfg.night_glow) if night and not drop_focus else 0.0
+    glow = log_uniform(rng, cfg.night_glow) if night else 0.0
     rim = _uniform(rng, cfg.bokeh_rim) if rng.random() < cfg.bokeh_rim_prob else 0.0
     haze = _uniform(rng, cfg.haze) if rng.random() < cfg.haze_prob else 0.0
     noise = _uniform(rng, cfg.noise) * (3.0 if night else 1.0) if rng.random() < cfg.noise_prob else 0.0
@@ -280,16 +286,40 @@ def _lamps(shape: tuple[int, ...], rng: np.random.Generator, cfg: RenderConfig, 
     for _ in range(int(rng.integers(cfg.lamps[0], cfg.lamps[1] + 1))):
         cy, cx = h * rng.beta(1.5, 2.5), w * rng.random()
         radius = _uniform(rng, cfg.lamp_radius) * scale
-        colour = _lamp_colour(rng) * _uniform(rng, cfg.lamp_intensity)
+        colour = _lamp_colours(rng, 1)[0] * _uniform(rng, cfg.lamp_intensity)
         centre, r16 = (round(cx * 16), round(cy * 16)), max(8, round(radius * 16))  # 4 bits of sub-pixel
         cv2.circle(lamps, centre, r16, colour.tolist(), -1, cv2.LINE_AA, 4)
     return lamps
 
 
-def _lamp_colour(rng: np.random.Generator) -> np.ndarray:
-    """Relative RGB of a lamp: sodium and tungsten lamps are orange, LEDs white."""
-    warm = rng.uniform(0.0, 1.0)
-    return np.array([1.0, 1.0 - 0.45 * warm, 1.0 - 0.8 * warm], np.float32)
+def _lamp_colours(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Relative RGB of ``count`` lamps (count×3): sodium and tungsten lamps are orange, LEDs white."""
+    warm = rng.uniform(0.0, 1.0, count).astype(np.float32)
+    return np.stack([np.ones_like(warm), 1.0 - 0.45 * warm, 1.0 - 0.8 * warm], axis=1)
+
+
+def lamp_images(region: np.ndarray, glow: float, rng: np.random.Generator, cfg: RenderConfig) -> np.ndarray:
+    """The tiny images of the lamps each drop sees at night (H×W×3 linear light, points).
+
+    A drop is a strong lens: the lamps in its wide view come out as points inside it, carrying
+    the light the whole drop gathers (``glow`` per pixel of the drop). Defocus turns each point
+    into a disc of the glass's blur, which is why a night window shows a field of equal-sized bokeh
+    discs: a drop smaller than the blur lights the whole disc, a larger one shows bright spots.
+    """
+    count, labels = cv2.connectedComponents(region, connectivity=8)
+    images = np.zeros((*region.shape, 3), np.float32)
+    flat = labels.ravel()
+    pixels = np.flatnonzero(flat)
+    area = np.bincount(flat, minlength=count).astype(np.float32)
+    per_drop = rng.integers(cfg.lamp_images[0], cfg.lamp_images[1] + 1, count)
+    for k in range(cfg.lamp_images[1]):
+        shuffled = rng.permutation(pixels)
+        drops, first = np.unique(flat[shuffled], return_index=True)  # a random pixel of each drop
+        lit = per_drop[drops] > k
+        drops, points = drops[lit], shuffled[first[lit]]
+        flux = glow * area[drops] / per_drop[drops] * rng.lognormal(0.0, cfg.lamp_image_spread, drops.size)
+        images.reshape(-1, 3)[points] += flux[:, None] * _lamp_colours(rng, drops.size)
+    return images
 
 
 def _stamp_drop(
@@ -402,8 +432,6 @@ def _drop_radiance(
     ambient = _uniform(rng, cfg.ambient) * float(luminance.mean())
     t = transmittance[..., None]
     radiance = t * gain * _seen_through(boosted, map_x, map_y) + (1.0 - t) * ambient
-    if shot.glow:
-        radiance += t * shot.glow * _lamp_colour(rng)
     if rng.random() < cfg.specular_prob:  # a light behind the camera mirrored in the drop's surface
         light = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.8, -0.2), -1.0], np.float32)
         light /= np.linalg.norm(light)
@@ -446,6 +474,8 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
         region = draw_footprints(rng, h, w, cfg)
         heights = height_field(region, rng, cfg)
         drops = _drop_radiance(scene, heights, shot, rng, cfg)
+        if shot.glow:
+            drops += lamp_images(region, shot.glow, rng, cfg)
         alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), 0.6)  # anti-aliased contact line
         alpha_blurred = optics.defocus(alpha, shot.glass_blur, shot.bokeh_rim)
         lit_drops = optics.defocus(drops * alpha[..., None], shot.glass_blur, shot.bokeh_rim)

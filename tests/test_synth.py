@@ -13,6 +13,7 @@ from derain.synth import (
     contact_sheet,
     draw_footprints,
     draw_shot,
+    lamp_images,
     list_photos,
     make_triple,
     render_raindrops,
@@ -191,7 +192,25 @@ def test_at_night_defocused_drops_glow_without_a_lamp_in_the_frame():
     assert clean.max() == 0 and mask.any()
     assert np.median(rainy[mask > 0].max(axis=1)) > 0.3, "the drops show the lamps around the camera"
     assert render(drop_focus_prob=0.0, night_glow=(1e-4, 1e-4)).rainy.max() < 0.1
-    assert render(drop_focus_prob=1.0, night_glow=(1.0, 1.0)).rainy.max() < 0.1, "in focus, lamps are points"
+    in_focus = render(drop_focus_prob=1.0, night_glow=(1.0, 1.0))
+    lit = in_focus.rainy.max(axis=2) > 0.3
+    assert lit.any() and lit.mean() < 0.1 * night.coverage[0], "in focus, the lamps are points in the water"
+
+
+def test_each_drop_focuses_its_lamp_light_into_a_few_points():
+    region = np.zeros((60, 90), np.uint8)
+    cv2.circle(region, (20, 30), 3, 1, -1)
+    cv2.circle(region, (60, 30), 12, 1, -1)
+    cfg = RenderConfig(lamp_images=(1, 3), lamp_image_spread=0.0)
+    images = lamp_images(region, 0.5, np.random.default_rng(0), cfg)
+    _, labels = cv2.connectedComponents(region)
+    lit = images.max(axis=2) > 0
+    assert not (lit & (region == 0)).any(), "the lamp images lie inside the drops"
+    for drop in (1, 2):
+        inside = labels == drop
+        assert 1 <= (lit & inside).sum() <= 3
+        # every lamp's red is full: the red light of a drop is all it gathers, glow × its area
+        assert images[..., 0][inside].sum() == pytest.approx(0.5 * inside.sum(), rel=1e-5)
 
 
 def test_a_bokeh_rim_puts_light_at_the_discs_edge_and_keeps_its_total():

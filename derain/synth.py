@@ -33,13 +33,15 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.5"
+RENDERER_VERSION = "3.6"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
 3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
 3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots.
 3.4: drizzle: dense small round drops that stand apart (merged clusters looked crumpled, not real).
 3.5: at night each drop focuses the lamp light into tiny lamp images that the defocus spreads into
-bokeh discs: small drops show discs as real night photos do, large ones bright spots, not a glow."""
+bokeh discs: small drops show discs as real night photos do, large ones bright spots, not a glow.
+3.6: focused on the glass, mostly a drizzle's dense beads (what makes people focus there); a drizzle
+has no large drops (one large drop took a sparse drizzle's whole water)."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -98,6 +100,9 @@ class RenderConfig:
     of ``drizzle_radius`` instead of the usual mix (dense and sharp when focused on the glass)."""
     drizzle_radius: tuple[float, float] = (1.5, 7.0)
     drizzle_drops: int = 6000
+    drop_focus_drizzle_prob: float = 0.6
+    """Chance of a drizzle when the camera focused on the glass: dense beading is what draws the
+    focus there (real raindrop-focused photos are mostly fields of small sharp drops)."""
     contact_angle: tuple[float, float] = (25.0, 80.0)
     """Water on glass: 25–80° (clean to dirty or coated glass)."""
     flat_radius: tuple[float, float] = (12.0, 40.0)
@@ -231,6 +236,8 @@ class Shot:
     """Everything drawn about one photo before its pixels are touched."""
 
     focal_px: float
+    drop_focus: bool
+    """The camera focused on the glass."""
     glass_blur: float
     """Blur (px) of the drop layer: the glass plane's circle of confusion, or little when focused on it."""
     scene_blur: float
@@ -266,6 +273,7 @@ def draw_shot(rng: np.random.Generator, width: int, cfg: RenderConfig) -> Shot:
     quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)) if rng.random() < cfg.jpeg_prob else None
     return Shot(
         focal_px=optics.focal_px(width, fov),
+        drop_focus=drop_focus,
         glass_blur=focus_residual if drop_focus else coc,
         scene_blur=coc * scene_fraction if drop_focus else 0.0,
         night=night,
@@ -366,15 +374,19 @@ def _stamp_drop(
     return int(patch.sum()) - before
 
 
-def draw_footprints(rng: np.random.Generator, height: int, width: int, cfg: RenderConfig) -> np.ndarray:
-    """Where water touches the glass: a 0/1 uint8 map. Overlapping drops merge into one."""
+def draw_footprints(
+    rng: np.random.Generator, height: int, width: int, cfg: RenderConfig, drop_focus: bool = False
+) -> np.ndarray:
+    """Where water touches the glass: a 0/1 uint8 map. Overlapping drops merge into one.
+
+    ``drop_focus``: the camera focused on the glass, which makes a drizzle likelier."""
     scale = width / REFERENCE_WIDTH
     u = rng.random() ** cfg.coverage_skew
     target = (cfg.coverage[0] + u * (cfg.coverage[1] - cfg.coverage[0])) * height * width
-    drizzle = rng.random() < cfg.drizzle_prob
+    drizzle = rng.random() < (cfg.drop_focus_drizzle_prob if drop_focus else cfg.drizzle_prob)
     sizes, count = (cfg.drizzle_radius, cfg.drizzle_drops) if drizzle else (cfg.radius, cfg.max_drops)
     radii = [log_uniform(rng, sizes) * scale for _ in range(count)]
-    if rng.random() < cfg.large_drop_prob:
+    if not drizzle and rng.random() < cfg.large_drop_prob:
         big = int(rng.integers(1, 5))
         radii[:big] = [_uniform(rng, cfg.large_radius) * scale for _ in range(big)]
     region = np.zeros((height, width), np.uint8)
@@ -471,7 +483,7 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
     rainy = scene
     mask = np.zeros((h, w), np.uint8)
     if not empty:
-        region = draw_footprints(rng, h, w, cfg)
+        region = draw_footprints(rng, h, w, cfg, shot.drop_focus)
         heights = height_field(region, rng, cfg)
         drops = _drop_radiance(scene, heights, shot, rng, cfg)
         if shot.glow:

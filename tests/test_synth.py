@@ -221,9 +221,17 @@ def test_a_bokeh_rim_puts_light_at_the_discs_edge_and_keeps_its_total():
     assert math.isclose(plain[centre, edge], plain[centre, centre], rel_tol=1e-6)
 
 
-def test_a_drizzle_is_many_small_drops_that_stand_apart():
-    cfg = RenderConfig(drizzle_prob=1.0, large_drop_prob=0.0, trail_prob=0.0, coverage=(0.2, 0.2))
-    region = draw_footprints(np.random.default_rng(0), 240, 720, cfg)
+@pytest.mark.parametrize("focused", [False, True])
+def test_a_drizzle_is_many_small_drops_that_stand_apart(focused):
+    # a drizzle by chance, or because the camera focused on the glass; never a large drop in it
+    cfg = RenderConfig(
+        drizzle_prob=0.0 if focused else 1.0,
+        drop_focus_drizzle_prob=1.0 if focused else 0.0,
+        large_drop_prob=1.0,
+        trail_prob=0.0,
+        coverage=(0.2, 0.2),
+    )
+    region = draw_footprints(np.random.default_rng(0), 240, 720, cfg, drop_focus=focused)
     count, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=4)
     assert region.mean() == pytest.approx(0.2, abs=0.01)
     assert count - 1 > 1000

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from derain.fusion import warp
+from derain.synth import REFERENCE_WIDTH
 from derain.video_synth import CameraPath, render_clip
 
 SIZE = (160, 120)
@@ -61,8 +62,12 @@ def test_sliding_drops_creep_down_the_glass() -> None:
     else:
         pytest.fail("no clip with sliding drops in 8 seeds")
     first, last = clip.masks[0] > 0, clip.masks[-1] > 0
-    rows = np.indices(first.shape)[0]
-    assert rows[last & ~first].mean() > rows[first & ~last].mean()  # wet below, dry above: drops went down
+    changed = first ^ last  # around the sliding drops
+    slid = round(clip.slide * 15 * SIZE[0] / REFERENCE_WIDTH)  # rows moved over the 16 frames
+    assert slid > 0 and changed.any()
+    went_down = (np.roll(first, slid, axis=0) == last)[changed].mean()
+    went_up = (np.roll(first, -slid, axis=0) == last)[changed].mean()
+    assert went_down > 0.7 and went_down > went_up + 0.2  # the first frame's drops, lower: the last's
     clean_change = np.abs(clip.clean[-1].astype(int) - clip.clean[0]).mean()
     rainy_change = np.abs(clip.rainy[-1].astype(int) - clip.rainy[0]).mean()
     assert rainy_change > clean_change  # only the drops moved, not the scene

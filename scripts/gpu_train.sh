@@ -71,7 +71,7 @@ for k, part in enumerate(sorted(work.glob("train[0-9]*"))):
             os.symlink(f, merged / sub / f"{k * 100000 + int(number)}_{rest}")
 EOF
   timeout "$seconds" "${derain[@]}" train "$work/train" --val "$work/val" -o "$work/run" \
-    --init derain-v12 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
+    --init derain-v13 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
     --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
   local weights=$work/run/final.safetensors  # the whole schedule ran; else the best validation
   [ -f "$weights" ] || weights=$work/run/best.safetensors

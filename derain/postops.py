@@ -17,7 +17,7 @@ import functools
 import torch
 from torch import nn
 
-from .model import ConvLSTMCell, lstm_update
+from .model import AttentiveRecurrentNetwork, ConvLSTMCell, lstm_update
 
 
 class FusedConv(nn.Module):
@@ -58,6 +58,23 @@ class FusedConvLSTMCell(nn.Module):
         return lstm_update(self.input_gate(xh), self.forget_gate(xh), self.cell_gate(xh), self.output_gate(xh), c)
 
 
+class ShortcutAdd(nn.Module):
+    """A residual block of the attentive-recurrent network as its (fused) body plus the shortcut,
+    added in place, without :class:`~derain.model.ResidualBlock`'s ReLU after the sum.
+
+    There a block's input is a ReLU's output (the stem's or the previous block's) and its body ends
+    in a ReLU, so the sum of two non-negative tensors is its own ReLU, bit for bit: one pass over
+    memory and one allocation fewer per block and step (1.5 % of a 720×480 pass on 2 cores).
+    """
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).add_(x)
+
+
 def fusable(conv: nn.Module) -> bool:
     """A plain 2-D convolution oneDNN can take as is (zero padding given in pixels)."""
     return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
@@ -76,9 +93,10 @@ def available(dtype: torch.dtype) -> bool:
 
 def fuse_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
     """Replace, in place, every Conv2d directly followed by a ReLU inside an ``nn.Sequential``
-    with a :class:`FusedConv` (the ReLU becomes an identity) and every ConvLSTM cell with a
-    :class:`FusedConvLSTMCell`; returns how many modules were replaced (none where the
-    kernel is missing: the model then runs unfused, as on other devices)."""
+    with a :class:`FusedConv` (the ReLU becomes an identity), every ConvLSTM cell with a
+    :class:`FusedConvLSTMCell` and the attentive-recurrent network's residual blocks with
+    :class:`ShortcutAdd`; returns how many modules were replaced (none where the kernel is
+    missing: the model then runs unfused, as on other devices)."""
     if not available(dtype):
         return 0
     fused = 0
@@ -94,4 +112,8 @@ def fuse_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
             if isinstance(child, ConvLSTMCell):
                 setattr(parent, name, FusedConvLSTMCell(child, dtype))
                 fused += 1
+    for network in [m for m in model.modules() if isinstance(m, AttentiveRecurrentNetwork)]:
+        for k, block in enumerate(network.blocks):
+            network.blocks[k] = ShortcutAdd(block.body)
+            fused += 1
     return fused

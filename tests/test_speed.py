@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from derain import allocator, postops
 from derain.cli import main
 from derain.engine import MAX_STEPS, Derainer
-from derain.model import ConvLSTMCell, Generator, conv_relu
-from derain.postops import FusedConvLSTMCell, fuse_for_cpu
+from derain.model import ConvLSTMCell, Generator, ResidualBlock, conv_relu
+from derain.postops import FusedConvLSTMCell, ShortcutAdd, fuse_for_cpu
 from derain.weights import load_weights
 
 from .conftest import random_image, tiny_model
@@ -132,13 +132,26 @@ def test_fused_relu_is_bit_exact(dtype: torch.dtype) -> None:
         assert torch.equal(fused(x), plain(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_residual_block_without_its_last_relu_is_bit_exact_on_relu_outputs(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    block = ResidualBlock(8)
+    assert fuse_for_cpu(block, dtype) == 2  # its convolutions and ReLUs, as in the fused model
+    fast = ShortcutAdd(block.body)
+    x = torch.relu(torch.randn(1, 8, 20, 28)).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16):
+        assert torch.equal(fast(x), block(x))
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.01)])
 def test_the_fused_model_gives_the_same_output(dtype: torch.dtype, tolerance: float) -> None:
     plain = tiny_model().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
     relus = sum(isinstance(m, torch.nn.ReLU) for m in plain.modules())
-    assert relus > 0 and fuse_for_cpu(fused, dtype) == relus + 1  # every ReLU module follows a conv; the cell
-    assert not any(isinstance(m, (torch.nn.ReLU, ConvLSTMCell)) for m in fused.modules())
+    blocks = len(plain.attentive_rnn.blocks)
+    # every ReLU module follows a conv; then the cell, and each residual block's sum
+    assert relus > 0 and fuse_for_cpu(fused, dtype) == relus + 1 + blocks
+    assert not any(isinstance(m, (torch.nn.ReLU, ConvLSTMCell, ResidualBlock)) for m in fused.modules())
     x = torch.rand(2, 3, 24, 36).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16):
         expected, ours = plain(x), fused(x)

@@ -607,6 +607,19 @@ def synthesize_dataset(
             on_sample(i)
 
 
+def blind_test(
+    renders: Sequence[np.ndarray], real: Sequence[tuple[str, np.ndarray]], size: tuple[int, int], seed: int = 0
+) -> tuple[list[np.ndarray], list[str]]:
+    """Renders and real rainy photos (name, RGB uint8) in one shuffled list, the real ones cropped
+    to the renders' ``size`` as the renderer crops its photos, and what each is ("render" or the
+    photo's name): if a reader cannot tell them apart, the renderer looks real."""
+    rng = np.random.default_rng(seed)
+    same_crop = replace(RenderConfig(), scale_jitter=(1.0, 1.0))
+    tiles = [("render", image) for image in renders] + [(n, _crop_photo(i, size, rng, same_crop)) for n, i in real]
+    order = rng.permutation(len(tiles))
+    return [tiles[k][1] for k in order], [tiles[k][0] for k in order]
+
+
 def contact_sheet(images: Sequence[np.ndarray], columns: int = 4, thumb_width: int = 360) -> np.ndarray:
     """Tile RGB uint8 images into one sheet, each scaled to ``thumb_width`` (for looking at renders)."""
     thumbs = []

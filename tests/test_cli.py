@@ -666,6 +666,27 @@ def test_synth_preview_writes_one_contact_sheet(tmp_path: Path, rng: np.random.G
     assert_fails(result, 2, ".png or .jpg", one_line=False)
 
 
+def test_synth_preview_beside_real_photos_is_a_blind_test_with_a_key(tmp_path: Path, rng: np.random.Generator) -> None:
+    photo(tmp_path / "clean" / "a.png", rng, 72, 96)
+    for name in ("x.png", "y.jpg", "z.png"):
+        photo(tmp_path / "real" / name, rng, 50, 120)  # another shape: cropped to the renders' size
+    sheet = tmp_path / "blind.png"
+    result = run(
+        "synth", tmp_path / "clean", "-o", sheet, "--preview", "2", "--size", "64x48", "--beside", tmp_path / "real"
+    )
+    assert_ok(result)
+    assert read(sheet).shape == (270, 4 * 360, 3), "2 renders and 2 of the 3 real photos in one row"
+    header, *tiles = (tmp_path / "blind.png.key.txt").read_text().splitlines()
+    assert "renderer" in header and [t.split(": ")[0] for t in tiles] == ["1", "2", "3", "4"]
+    names = [t.split(": ")[1] for t in tiles]
+    assert names.count("render") == 2 and set(names) - {"render"} <= {"x.png", "y.jpg", "z.png"}
+    (tmp_path / "empty").mkdir()
+    empty = run("synth", tmp_path / "clean", "-o", sheet, "--preview", "2", "--beside", tmp_path / "empty")
+    assert_fails(empty, 1, "no photos found")
+    no_preview = run("synth", tmp_path / "clean", "-o", tmp_path / "set", "--beside", tmp_path / "real")
+    assert_fails(no_preview, 2, "--preview", one_line=False)
+
+
 def test_synth_set_changes_the_renderer_and_rejects_unknown_names(tmp_path: Path, rng: np.random.Generator) -> None:
     photo(tmp_path / "clean" / "a.png", rng, 72, 96)
     args = ["--count", "2", "--size", "64x48"]

@@ -6,10 +6,21 @@ from pathlib import Path
 
 import click
 import cv2
+import numpy as np
 from rich.markup import escape
 from rich.progress import Progress
 
-from ..synth import RENDERER_VERSION, RenderConfig, contact_sheet, list_photos, render_samples, synthesize_dataset
+from ..imageio import read_image
+from ..synth import (
+    RENDERER_VERSION,
+    RenderConfig,
+    blind_test,
+    contact_sheet,
+    list_photos,
+    render_samples,
+    synthesize_dataset,
+)
+from ..visualize import to_uint8
 from .common import InputFailed, console, friendly
 
 
@@ -62,6 +73,12 @@ def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
     "look at it beside real rainy photos before training on a renderer change.",
 )
 @click.option(
+    "--beside",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="With --preview: shuffle up to N real rainy photos from this folder into the sheet (cropped to "
+    "--size) and write which tile is which to SHEET.key.txt: a blind test of the renderer.",
+)
+@click.option(
     "--set",
     "settings",
     multiple=True,
@@ -78,6 +95,7 @@ def synth_cmd(
     seed: int,
     split: str,
     preview: int | None,
+    beside: Path | None,
     settings: tuple[str, ...],
 ) -> None:
     """Render raindrops onto clean photos: (rainy, clean, mask) triples in the Raindrop layout.
@@ -91,14 +109,17 @@ def synth_cmd(
       derain synth photos/ -o data/train --count 1400 --split train
       derain synth photos/ -o data/val --count 50 --split val --seed 1000
       derain synth photos/ -o renders.png --preview 16 --set night_prob=1
+      derain synth photos/ -o blind.jpg --preview 8 --beside my_rainy_photos/
     """
     try:
         cfg = RenderConfig().with_settings(settings)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--set'") from None
+    if beside and not preview:
+        raise click.BadParameter("real photos go beside a --preview sheet: add --preview N", param_hint="'--beside'")
     photos = photos_to_render(clean_dir, split)
     if preview:
-        _write_preview(photos, output, preview, size, seed, cfg)
+        _write_preview(photos, output, preview, size, seed, cfg, beside)
         return
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering (renderer v{RENDERER_VERSION})", total=count)
@@ -107,17 +128,45 @@ def synth_cmd(
 
 
 def _write_preview(
-    photos: list[Path], output: Path, count: int, size: tuple[int, int], seed: int, cfg: RenderConfig
+    photos: list[Path],
+    output: Path,
+    count: int,
+    size: tuple[int, int],
+    seed: int,
+    cfg: RenderConfig,
+    beside: Path | None,
 ) -> None:
     if output.suffix.lower() not in {".png", ".jpg", ".jpeg"}:
         raise click.BadParameter(f"'{output}': a contact sheet is written as .png or .jpg", param_hint="'-o'")
     if output.is_dir():
         raise InputFailed(f"{output} is a folder: name the sheet's file, e.g. {output / 'renders.png'}")
-    rainy = [sample[0] for sample in render_samples(photos, count, size, seed, cfg)]
-    sheet = contact_sheet(rainy, columns=min(4, count))
+    tiles = [sample[0] for sample in render_samples(photos, count, size, seed, cfg)]
+    key = None
+    if beside is not None:
+        real = _real_photos(beside, count, seed)
+        tiles, names = blind_test(tiles, real, size, seed)
+        key = output.with_name(f"{output.name}.key.txt")
+    sheet = contact_sheet(tiles, columns=min(4, len(tiles)))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     if not cv2.imwrite(str(tmp), sheet[..., ::-1]):
         raise InputFailed(f"{output}: cannot write the sheet")
     tmp.replace(output)
-    console.print(f"[green]✓[/] {count} renders (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
+    if key is None:
+        console.print(f"[green]✓[/] {count} renders (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
+        return
+    lines = [f"{k + 1}: {name}" for k, name in enumerate(names)]
+    key.write_text(f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n")
+    console.print(
+        f"[green]✓[/] {count} renders and {len(real)} real photos, shuffled, in {escape(str(output))}"
+        f" (which is which: {escape(str(key))})"
+    )
+
+
+def _real_photos(folder: Path, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """Up to ``count`` photos from ``folder`` (a seeded choice), RGB uint8 with their file names."""
+    found = list_photos(folder) if folder.is_dir() else []
+    if not found:
+        raise InputFailed(f"{folder}: no photos found to put beside the renders")
+    chosen = np.random.default_rng(seed).permutation(len(found))[:count]
+    return [(found[k].name, to_uint8(read_image(found[k]).rgb)) for k in sorted(chosen)]

@@ -156,7 +156,9 @@ def _write_preview(
         console.print(f"[green]✓[/] {count} renders (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
         return
     lines = [f"{k + 1}: {name}" for k, name in enumerate(names)]
-    key.write_text(f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n")
+    key_tmp = key.with_name(f".{key.name}.tmp")
+    key_tmp.write_text(f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n")
+    key_tmp.replace(key)
     console.print(
         f"[green]✓[/] {count} renders and {len(real)} real photos, shuffled, in {escape(str(output))}"
         f" (which is which: {escape(str(key))})"

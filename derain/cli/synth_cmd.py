@@ -10,7 +10,7 @@ import numpy as np
 from rich.markup import escape
 from rich.progress import Progress
 
-from ..imageio import read_image
+from ..imageio import read_image, write_atomic
 from ..synth import (
     RENDERER_VERSION,
     RenderConfig,
@@ -147,18 +147,16 @@ def _write_preview(
         tiles, names = blind_test(tiles, real, size, seed)
         key = output.with_name(f"{output.name}.key.txt")
     sheet = contact_sheet(tiles, columns=min(4, len(tiles)))
+    encoded, data = cv2.imencode(output.suffix, sheet[..., ::-1])
+    if not encoded:
+        raise InputFailed(f"{output}: cannot encode the sheet")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    if not cv2.imwrite(str(tmp), sheet[..., ::-1]):
-        raise InputFailed(f"{output}: cannot write the sheet")
-    tmp.replace(output)
+    write_atomic(output, data.tobytes())
     if key is None:
         console.print(f"[green]✓[/] {count} renders (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
         return
     lines = [f"{k + 1}: {name}" for k, name in enumerate(names)]
-    key_tmp = key.with_name(f".{key.name}.tmp")
-    key_tmp.write_text(f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n")
-    key_tmp.replace(key)
+    write_atomic(key, (f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n").encode())
     console.print(
         f"[green]✓[/] {count} renders and {len(real)} real photos, shuffled, in {escape(str(output))}"
         f" (which is which: {escape(str(key))})"

@@ -125,7 +125,7 @@ def flops_per_megapixel(derainer: Derainer) -> float:
     model = Generator(derainer.model.config).eval()
     x = torch.zeros(1, 3, FLOP_PROBE, FLOP_PROBE)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+        model(x, side_outputs=False)
     return counter.get_total_flops() / (FLOP_PROBE * FLOP_PROBE) * 1e6
 
 

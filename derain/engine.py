@@ -311,7 +311,7 @@ class Derainer:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            out = self.model(x)
+            out = self.model(x, side_outputs=False)
         image = out.image.float().permute(0, 2, 3, 1).cpu().numpy()
         maps = [a.float()[:, 0].cpu().numpy() for a in out.attention]
         return Restoration(image, maps)

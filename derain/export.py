@@ -46,7 +46,7 @@ class Deployable(nn.Module):
         self.bgr = bgr
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(image.flip(1) if self.bgr else image)
+        out = self.model(image.flip(1) if self.bgr else image, side_outputs=False)
         derained = out.image.flip(1) if self.bgr else out.image
         return derained.clamp(0, 1), torch.cat(out.attention, 1).clamp(0, 1)
 

@@ -158,10 +158,10 @@ class Upsample(nn.Module):
 class GeneratorOutput(NamedTuple):
     attention: list[torch.Tensor]
     """A_1 … A_N, N×1×H×W, unbounded (the paper applies no activation)."""
-    side_quarter: torch.Tensor
-    """Side output at 1/4 scale."""
-    side_half: torch.Tensor
-    """Side output at 1/2 scale."""
+    side_quarter: torch.Tensor | None
+    """Side output at 1/4 scale (None when not asked for)."""
+    side_half: torch.Tensor | None
+    """Side output at 1/2 scale (None when not asked for)."""
     image: torch.Tensor
     """The restored image at full scale."""
 
@@ -202,14 +202,18 @@ class ContextualAutoencoder(nn.Module):
             return F.avg_pool2d(image, scale) + head(x)
         return F.relu(head(x))
 
-    def forward(self, image: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, image: torch.Tensor, attention: torch.Tensor, side_outputs: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(side_quarter, side_half, image); the side outputs only serve the training loss, so
+        inference leaves them out (``side_outputs=False``: None)."""
         full = self.conv1(torch.cat((image, attention), 1))
         half = self.conv3(self.conv2(full))
         x = self.conv6(self.conv5(self.conv4(half)))
         x = self.conv8(self.conv7(self.context(x)))
-        side_quarter = self._side(self.side_quarter, x, image, 4)
+        side_quarter = self._side(self.side_quarter, x, image, 4) if side_outputs else None
         x = self.conv9(self.deconv1(x) + half)
-        side_half = self._side(self.side_half, x, image, 2)
+        side_half = self._side(self.side_half, x, image, 2) if side_outputs else None
         x = self.output(self.conv10(self.deconv2(x) + full))
         if self.residual:
             x = x + image
@@ -235,9 +239,11 @@ class Generator(nn.Module):
         self.config = replace(self.config, steps=steps)
         self.attentive_rnn.steps = steps
 
-    def forward(self, image: torch.Tensor) -> GeneratorOutput:
+    def forward(self, image: torch.Tensor, side_outputs: bool = True) -> GeneratorOutput:
+        """Attention maps and restored image; ``side_outputs=False`` skips the two side outputs,
+        which only the training loss needs."""
         maps = self.attentive_rnn(image)
-        return GeneratorOutput(maps, *self.autoencoder(image, maps[-1]))
+        return GeneratorOutput(maps, *self.autoencoder(image, maps[-1], side_outputs))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,15 @@ def test_output_shapes_follow_the_config():
     assert out.image.shape == (2, 3, 24, 32)
 
 
+def test_inference_without_side_outputs_gives_the_same_image():
+    model, x = tiny_model().eval(), torch.rand(1, 3, 24, 32)
+    with torch.inference_mode():
+        full, lean = model(x), model(x, side_outputs=False)
+    assert lean.side_quarter is None and lean.side_half is None
+    assert torch.equal(lean.image, full.image)
+    assert all(torch.equal(a, b) for a, b in zip(lean.attention, full.attention))
+
+
 def test_config_round_trips_through_a_dict():
     assert GeneratorConfig.from_dict(TINY.to_dict()) == TINY
 

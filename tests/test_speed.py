@@ -148,10 +148,12 @@ def test_the_fused_model_gives_the_same_output(dtype: torch.dtype, tolerance: fl
     plain = tiny_model().to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
     relus = sum(isinstance(m, torch.nn.ReLU) for m in plain.modules())
+    heads = sum(isinstance(m, torch.nn.Conv2d) for m in plain.modules()) - relus - 4  # not the cell's 4 gates
     blocks = len(plain.attentive_rnn.blocks)
-    # every ReLU module follows a conv; then the cell, and each residual block's sum
-    assert relus > 0 and fuse_for_cpu(fused, dtype) == relus + 1 + blocks
-    assert not any(isinstance(m, (torch.nn.ReLU, ConvLSTMCell, ResidualBlock)) for m in fused.modules())
+    # every ReLU module follows a conv; then the cell, each residual block's sum and the heads
+    assert relus > 0 and heads == 4 and fuse_for_cpu(fused, dtype) == relus + 1 + blocks + heads
+    unfused = (torch.nn.ReLU, torch.nn.Conv2d, ConvLSTMCell, ResidualBlock)
+    assert not any(isinstance(m, unfused) for m in fused.modules())
     x = torch.rand(2, 3, 24, 36).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is torch.bfloat16):
         expected, ours = plain(x), fused(x)

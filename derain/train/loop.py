@@ -150,7 +150,7 @@ def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dic
         y, x = (h - ch) // 2, (w - cw) // 2
         sl = (slice(y, y + ch), slice(x, x + cw))
         rainy = torch.from_numpy(data.rainy[i][sl].copy()).permute(2, 0, 1)[None].float() / 255
-        out = model(rainy.to(next(model.parameters()).device))
+        out = model(rainy.to(next(model.parameters()).device), side_outputs=False)
         clean = data.clean[i][sl][..., ::-1]
         for prefix, img in (("", _to_bgr8(out.image[0].cpu())), ("input_", data.rainy[i][sl][..., ::-1])):
             p, s = metrics.score(np.ascontiguousarray(img), np.ascontiguousarray(clean))
@@ -306,7 +306,7 @@ class Trainer:
         if self.bf16:
             real_rainy = real_rainy.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.model(real_rainy).image.clamp(0, 1)
+            return self.model(real_rainy, side_outputs=False).image.clamp(0, 1)
 
     def _adversarial(self, out, clean: torch.Tensor, unpaired: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """One discriminator update, then the generator's adversarial terms.

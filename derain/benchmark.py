@@ -185,10 +185,10 @@ def time_onnx(
     run()
     _reset_peak(torch.device("cpu"))
     seconds, (derained, attention) = _best_time(run, repeat, torch.device("cpu"))
-    out = derained[0].transpose(1, 2, 0)
+    out = derained[0]
     if gate:
-        apply_gate(out, x[0].transpose(1, 2, 0), attention[0, -1])
-    clean = np.clip(np.rint(out[:height, :width] * 255), 0, 255).astype(np.uint8)
+        apply_gate(torch.from_numpy(out), torch.from_numpy(x[0]), torch.from_numpy(attention[0, -1]))
+    clean = np.clip(np.rint(out.transpose(1, 2, 0)[:height, :width] * 255), 0, 255).astype(np.uint8)
     return _row("onnxruntime", ("cpu", "fp32", "none"), seconds, image, flops_per_mp), clean
 
 

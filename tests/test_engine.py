@@ -1,8 +1,20 @@
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from derain.engine import GATE_LEVEL, Derainer, Precision, _parse_tile, gate_weights, pick_device, pick_precision
+from derain.engine import (
+    GATE_LEVEL,
+    GATE_SIGMA,
+    Derainer,
+    Precision,
+    _halo_on_device,
+    _halo_on_host,
+    _parse_tile,
+    gate_weights,
+    pick_device,
+    pick_precision,
+)
 from derain.metrics import psnr
 from derain.weights import save_weights
 
@@ -45,21 +57,31 @@ def test_run_returns_image_and_maps_from_one_pass(tiny_weights, rng):
 
 
 def test_the_gate_takes_the_output_near_drops_and_the_input_far_from_them():
-    attention = np.zeros((200, 300), np.float32)
+    attention = torch.zeros(200, 300)
     attention[95:105, 45:55] = 1.0  # one small drop
     gate = gate_weights(attention)
     assert gate[100, 50] == 1.0, "the drop: the output in full, however small"
     assert 0.0 < gate[100, 80] < 1.0, "its soft edge: some"
     assert gate[100, 250] == 0.0 and gate[10, 290] == 0.0, "far from it: the input"
-    assert gate_weights(np.full((50, 60), GATE_LEVEL * 0.5, np.float32)) == pytest.approx(0.5)
-    assert not gate_weights(np.zeros((50, 60), np.float32)).any()
+    assert gate_weights(torch.full((50, 60), GATE_LEVEL * 0.5)) == pytest.approx(0.5)
+    assert not gate_weights(torch.zeros(2, 50, 60)).any(), "a batch of maps, each on its own"
+
+
+def test_the_gates_halo_is_the_same_on_the_host_and_on_a_device(rng):
+    """OpenCV on the CPU, torch ops on a GPU: the same blur at a quarter of the size."""
+    drops = cv2.GaussianBlur((rng.random((2, 192, 256)) > 0.995).astype(np.float32).transpose(1, 2, 0) * 3, (0, 0), 3)
+    attention = torch.from_numpy(drops.transpose(2, 0, 1).copy()).clamp(0, 1)
+    host, device = _halo_on_host(attention, GATE_SIGMA), _halo_on_device(attention, GATE_SIGMA)
+    assert host.shape == device.shape == (2, 192, 256) and host.max() > 0.01
+    assert (host - device).abs().max() < 1e-4
+    assert not torch.equal(host[0], host[1]), "each map of a batch blurred on its own"
 
 
 def test_gated_output_blends_raw_output_and_input_by_the_gate(tiny_weights, rng):
     image = random_image(rng, 48, 64)  # a multiple of 4: no padding, maps and pixels line up
     raw = Derainer(tiny_weights, device="cpu", precision="fp32", gate=False).run(image, with_attention=True)
     gated = Derainer(tiny_weights, device="cpu", precision="fp32", gate=True).clean(image)
-    gate = gate_weights(raw.attention[-1])[..., None]
+    gate = gate_weights(torch.from_numpy(raw.attention[-1])).numpy()[..., None]
     expected = image + gate * (raw.image.astype(np.float32) - image)
     assert np.abs(gated - expected).max() <= 1.0, "the blend of the 8-bit raw output, within its rounding"
 
@@ -134,9 +156,10 @@ def test_bf16_output_is_close_to_fp32(tiny_weights, rng):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_fp16_matches_cpu_fp32(tiny_weights, rng):
+@pytest.mark.parametrize("gate", [False, True])  # gated on the device there, on the host here
+def test_cuda_fp16_matches_cpu_fp32(tiny_weights, rng, gate):
     image = random_image(rng, 200, 300)
-    cpu = Derainer(tiny_weights, device="cpu", precision="fp32").clean(image)
-    gpu = Derainer(tiny_weights, device="cuda")
+    cpu = Derainer(tiny_weights, device="cpu", precision="fp32", gate=gate).clean(image)
+    gpu = Derainer(tiny_weights, device="cuda", gate=gate)
     assert gpu.precision is Precision.FP16
     assert psnr(cpu, gpu.clean(image)) > 40

@@ -12,3 +12,39 @@ bench 720x480 --size 720x480 --repeat 5
 bench 1080p --size 1920x1080 --repeat 5
 bench 1080p_steps4 --size 1920x1080 --repeat 5 --steps 4 --no-reference
 bench 24mp --size 6000x4000 --repeat 2 --no-reference
+
+# Video (issue 15): a 10 s, 30 fps clip panning over the shipped example at 720p and 1080p,
+# through `derain video` fused and per-frame (frames/s from the wall time, decode and encode
+# included), and the engine alone on batches of frames (MP/s, as `derain video` batches them).
+python - "$out" <<'PY'
+import sys, time
+from pathlib import Path
+import av, cv2, numpy as np
+from derain import Derainer
+out = Path(sys.argv[1])
+photo = cv2.imread("examples/rainy.jpg")[..., ::-1]
+derainer = Derainer(device="cuda")
+for name, (w, h) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
+    big = cv2.resize(photo, (w + 300, h + 200), interpolation=cv2.INTER_CUBIC)
+    frames = [np.ascontiguousarray(big[k * 200 // 300 : k * 200 // 300 + h, k : k + w]) for k in range(300)]
+    with av.open(str(out / f"clip_{name}.mp4"), "w") as f:
+        s = f.add_stream("libx264", rate=30); s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for fr in frames:
+            f.mux(s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")))
+        f.mux(s.encode())
+    n = derainer.batch_size(h, w)
+    derainer.run_batch(frames[:n])
+    t = time.perf_counter()
+    for i in range(0, 120, n):
+        derainer.run_batch(frames[i : i + n])
+    s = time.perf_counter() - t
+    print(f"engine {name}: batch {n}, {120 / s:.1f} frames/s, {120 * w * h / s / 1e6:.1f} MP/s", flush=True)
+PY
+for name in 720p 1080p; do
+  for mode in fused per-frame; do
+    flag=$([ $mode = per-frame ] && echo --per-frame || true)
+    start=$(date +%s.%N)
+    derain video "$out/clip_$name.mp4" -o "$out/out_${name}_$mode.mp4" --device cuda $flag > /dev/null
+    python -c "import sys; s=$(date +%s.%N)-$start; print('derain video $name $mode: %.1f frames/s (300 frames, %.1f s)' % (300/s, s))"
+  done
+done | tee "$out/video.txt"

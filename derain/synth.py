@@ -33,7 +33,7 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.6"
+RENDERER_VERSION = "3.7"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
 3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
 3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots.
@@ -41,7 +41,10 @@ RENDERER_VERSION = "3.6"
 3.5: at night each drop focuses the lamp light into tiny lamp images that the defocus spreads into
 bokeh discs: small drops show discs as real night photos do, large ones bright spots, not a glow.
 3.6: focused on the glass, mostly a drizzle's dense beads (what makes people focus there); a drizzle
-has no large drops (one large drop took a sparse drizzle's whole water)."""
+has no large drops (one large drop took a sparse drizzle's whole water).
+3.7: drops stand apart: one landing on water merges only with ``merge_prob`` (any overlap, not
+just a large one), as on real glass, where even dense water is a field of separate round drops;
+before, dense renders merged into networks of worm-shaped water seen on no real photo."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -113,9 +116,10 @@ class RenderConfig:
     """Blobs merged into one drop (irregular outlines)."""
     shape_noise: float = 0.12
     """Amplitude of the low-frequency noise that roughens the outline."""
-    merge_prob: float = 0.25
-    """Chance that a drop landing mostly on another one merges with it rather than being skipped:
-    touching drops coalesce, so most drops on glass stand apart."""
+    merge_prob: float = 0.1
+    """Chance that a drop landing on another one merges with it rather than being skipped. Water
+    on real glass, however dense, is mostly separate round drops (those that touch coalesce into
+    one); merging more often grows networks of worm-shaped water at high coverage."""
     trail_prob: float = 0.08
     """Chance that a drop has slid and left a thin trail of water above it."""
     surface_smoothing: float = 1.2
@@ -367,7 +371,7 @@ def _stamp_drop(
     patch = region[y0:y1, x0:x1]
     footprint = (field > 0.45).astype(np.uint8)
     overlap = int((patch & footprint).sum())
-    if overlap and (apart or (overlap > 0.3 * footprint.sum() and rng.random() >= cfg.merge_prob)):
+    if overlap and (apart or rng.random() >= cfg.merge_prob):
         return 0
     before = int(patch.sum())
     np.maximum(patch, footprint, out=patch)

@@ -239,6 +239,24 @@ def test_a_drizzle_is_many_small_drops_that_stand_apart(focused):
     assert stats[1:, cv2.CC_STAT_AREA].max() < 2 * math.pi * cfg.drizzle_radius[1] ** 2
 
 
+def _patches_of_water(region: np.ndarray) -> np.ndarray:
+    """Pixel areas of the connected patches of water."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    return stats[1:, cv2.CC_STAT_AREA]
+
+
+def test_dense_water_stays_separate_drops_unless_they_merge():
+    dense = RenderConfig(coverage=(0.6, 0.6), drizzle_prob=0.0, large_drop_prob=0.0, trail_prob=0.0)
+    apart, merging = (
+        _patches_of_water(draw_footprints(np.random.default_rng(1), 240, 360, dataclasses.replace(dense, merge_prob=p)))
+        for p in (0.0, 1.0)
+    )
+    # a drop landing on water is skipped: hundreds of separate drops, none holding much of the
+    # water, where merging grows a few networks that hold most of it
+    assert len(apart) > 200 and apart.max() < 0.1 * apart.sum()
+    assert len(merging) < 100 and merging.max() > 0.2 * merging.sum()
+
+
 def test_settings_from_a_command_line_keep_each_fields_type():
     cfg = RenderConfig().with_settings(["night_prob=0.5", "coverage=0.3,0.7", "lamps=3,4", " mask_close=7"])
     assert cfg.night_prob == 0.5 and cfg.coverage == (0.3, 0.7) and cfg.lamps == (3, 4) and cfg.mask_close == 7

@@ -47,7 +47,8 @@ class WeightsInfo:
     @property
     def gate(self) -> bool:
         """Whether these weights were validated with the engine's attention gate on (``meta["gate"]``),
-        and so run with it unless told otherwise; the official weights and plain runs were not."""
+        and so run with it unless told otherwise. The official weights and fresh runs were not; a
+        fine-tune or an average of gated weights inherits it."""
         return bool(self.meta.get("gate", False))
 
 
@@ -207,7 +208,8 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
     if "generator" in obj and "config" in obj:  # our training checkpoint: prefer EMA weights
         config = GeneratorConfig.from_dict(obj["config"])
         state = obj.get("ema") or obj["generator"]
-        return state, WeightsInfo(config, "RGB", str(path), {"checkpoint_step": obj.get("step")})
+        meta = {"checkpoint_step": obj.get("step"), **({"gate": True} if obj.get("gate") else {})}
+        return state, WeightsInfo(config, "RGB", str(path), meta)
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: expected a state_dict of tensors")
     return from_official(obj), WeightsInfo(GeneratorConfig(), "BGR", str(path), {"release": "official gen.pkl"})
@@ -298,7 +300,8 @@ def average_weights(sources: list[str | Path], path: Path) -> Path:
             if tensor.is_floating_point():
                 tensor.copy_(torch.stack([state[name].float() for state in states]).mean(0))
     provenance = [{"file": str(source), **meta.meta} for source, (_, meta) in zip(sources, models)]
-    return save_weights(target, path, {"average_of": provenance}, info.channel_order)
+    gate = {"gate": True} if all(meta.gate for _, meta in models) else {}  # validated with it, all
+    return save_weights(target, path, {"average_of": provenance, **gate}, info.channel_order)
 
 
 def ship_weights(

@@ -49,7 +49,9 @@ train() {  # DATA OUT SECONDS STEPS
   # 4,000 training renders and 48 validation ones, one process per core, each its own seed; every
   # other process renders night shots at 40 % (renderer 3.5's bokeh discs, which the shipped
   # weights still leave). Drop-focused shots stay at the default 20 %: at 30-50 % of the renders,
-  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md)
+  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md). Training
+  # keeps 30 % drop-free crops (--identity): without them, runs left drop-free photos under
+  # the ship rule's 38 dB
   local cores renders=${RENDERS:-4000} device=${DEVICE:-cuda}
   cores=$(nproc --all)
   for i in $(seq 0 $((cores - 1))); do
@@ -77,7 +79,7 @@ for k, part in enumerate(sorted(work.glob("train[0-9]*"))):
 EOF
   timeout "$seconds" "${derain[@]}" train "$work/train" --val "$work/val" -o "$work/run" \
     --init derain-v13 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
-    --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
+    --identity 0.3 --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
   local weights=$work/run/final.safetensors  # the whole schedule ran; else the best validation
   [ -f "$weights" ] || weights=$work/run/best.safetensors
   cp "$weights" "$out/weights.safetensors"

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import cv2
@@ -9,8 +10,9 @@ from derain.engine import Derainer
 from derain.train.data import PairedImages, UnpairedImages, find_pairs, mask_from_difference
 from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train
 from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
+from derain.weights import load_weights, save_weights
 
-from .conftest import TINY
+from .conftest import TINY, tiny_model
 
 
 def _write_pairs(root, count=3, size=(40, 32), with_masks=True, seed=0):
@@ -161,6 +163,21 @@ def test_init_from_a_checkpoint_carries_weights_ema_and_moments_into_a_new_sched
         assert torch.equal(moments[index]["exp_avg"], state["exp_avg"])
     assert [g["lr_scale"] for g in trainer.optimizer.param_groups] == [3.0, 1.0], "this run's scales"
     assert "ms" in trainer.train_step(), "trained weights skip the attention-only phase"
+
+
+def test_a_fine_tune_of_gated_weights_runs_with_the_gate_too(tmp_path):
+    _write_pairs(tmp_path / "train")
+    init = save_weights(tiny_model(), tmp_path / "init.safetensors", {"gate": True})
+    cfg = TrainConfig(steps=2, batch=2, patch=16, warmup=1, init_weights=str(init))
+    train(cfg, tmp_path / "train", tmp_path / "run")
+    assert load_weights(tmp_path / "run" / "final.safetensors")[1].gate
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert load_weights(checkpoint)[1].gate, "the run's checkpoint loads gated too"
+    train(dataclasses.replace(cfg, init_weights=str(checkpoint)), tmp_path / "train", tmp_path / "warm")
+    assert load_weights(tmp_path / "warm" / "final.safetensors")[1].gate, "and so does a warm restart of it"
+    fresh = dataclasses.replace(cfg, init_weights=None, generator=TINY.to_dict())
+    train(fresh, tmp_path / "train", tmp_path / "fresh")
+    assert not load_weights(tmp_path / "fresh" / "final.safetensors")[1].gate
 
 
 def test_losses_are_computed_in_fp32_from_bf16_outputs():

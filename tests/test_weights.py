@@ -156,6 +156,15 @@ def test_averaging_takes_the_mean_of_every_tensor(tmp_path):
         average_weights([paths[0], other], tmp_path / "bad.safetensors")
 
 
+def test_an_average_runs_with_the_gate_only_when_all_its_weights_did(tmp_path):
+    gated, plain = (
+        save_weights(tiny_model(seed), tmp_path / f"{seed}.safetensors", {"gate": gate})
+        for seed, gate in ((1, True), (2, False))
+    )
+    assert load_weights(average_weights([gated, gated], tmp_path / "both.safetensors"))[1].gate
+    assert not load_weights(average_weights([gated, plain], tmp_path / "mixed.safetensors"))[1].gate
+
+
 def test_official_key_mapping_is_invertible():
     state = tiny_model(config=OFFICIAL).state_dict()
     assert from_official(to_official(state)).keys() == state.keys()

@@ -175,8 +175,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         steps = {"steps": cfg.attention_steps} if cfg.attention_steps else {}
+        self.gate = False  # a fine-tune of weights validated with the attention gate keeps it on
         if cfg.init_weights:
-            loaded, _ = load_weights(cfg.init_weights)
+            loaded, info = load_weights(cfg.init_weights)
+            self.gate = info.gate
             self.model = Generator(replace(loaded.config, **steps))
             self.model.load_state_dict(loaded.state_dict())
             self.model.train()
@@ -234,6 +236,7 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "gate": self.gate,
         }
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
@@ -371,6 +374,7 @@ class Trainer:
         meta = {
             "trained_steps": self.step,
             "train_config": {k: v for k, v in asdict(self.cfg).items() if k != "generator"},
+            **({"gate": True} if self.gate else {}),
             **(extra or {}),
         }
         return save_weights(self.ema.model, path, meta)

@@ -3,18 +3,20 @@
 # goes to setup: fresh renders made there on its 16 cores, the paper's discriminator on real
 # rainy photos (--unpaired), the weights back through $OUT.
 #
-# Here (packs ~40 MiB of photos into a git-ignored folder that the device call carries):
+# Here (packs ~25 MiB of photos into a git-ignored folder that the device call carries):
 #   scripts/gpu_train.sh pack ../shared/data gpu_data
 # There (the device tool's run, carry ["gpu_data"], timeout_s 600):
 #   scripts/gpu_train.sh train gpu_data "$OUT" 420 1200
-# trains 1,200 steps or 420 s, whichever ends first (read the run's s/step in the log), validates
-# every 200 steps and leaves in OUT: weights.safetensors (the final EMA weights, or the best
-# validation's if time ran out first), the train log, and eval_real.json (the real pairs, when
-# packed). Score it here with the ship rule (weights/README.md) before anything ships.
+# renders training pairs on all cores (`render`; RENDERS pairs on CORES processes leave the other
+# cores to another job, such as scripts/gpu_bench.sh), then trains (`fit`) 1,200 steps or 420 s,
+# whichever ends first (read the run's s/step in the log), validates every 200 steps and leaves
+# in OUT: weights.safetensors (the final EMA weights, or the best validation's if time ran out
+# first), best.safetensors, the train log, and eval_real.json (the real pairs, when packed).
+# Score it here with the ship rule (weights/README.md) before anything ships.
 # DEVICE=cpu RENDERS=32 runs it on a CPU as a smoke test (batch 16 of 256² needs ~14 GB there).
 set -euo pipefail
 
-pack() {  # SHARED_DATA DEST: photos as JPEG q85, real rainy photos for --unpaired, the real pairs
+pack() {  # SHARED_DATA DEST: photos as JPEG q80, real rainy photos for --unpaired, the real pairs
   local src=$1 dest=$2
   mkdir -p "$dest"
   grep -qx "/$dest/" .git/info/exclude 2>/dev/null || echo "/$dest/" >> .git/info/exclude
@@ -25,13 +27,13 @@ from pathlib import Path
 import cv2
 
 src, dest = Path(sys.argv[1]), Path(sys.argv[2])
-for name, quality in (("clean", 85), ("real-raindrop", 90)):
+for name, quality in (("clean", 80), ("real-raindrop", 90)):
     out = dest / name
     out.mkdir(parents=True, exist_ok=True)
     for photo in sorted((src / name).rglob("*")):
         image = cv2.imread(str(photo)) if photo.is_file() else None
         if image is not None:
-            shrink = 896 / max(image.shape[:2])  # renders crop 720x480: more would only cost transfer
+            shrink = 760 / max(image.shape[:2])  # renders crop 720x480: more would only cost transfer
             if shrink < 1:
                 image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(out / f"{photo.stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -40,29 +42,27 @@ EOF
   du -sh "$dest"
 }
 
-train() {  # DATA OUT SECONDS STEPS
-  local data=$1 out=$2 seconds=$3 steps=$4 work=/tmp/derain_gpu
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-  local derain=(python3 -m derain)
-  mkdir -p "$work" "$out"
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
+WORK=/tmp/derain_gpu
+DERAIN=(python3 -m derain)
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+render() {  # DATA: training and validation renders into $WORK, on $CORES processes (default: all)
+  local data=$1
+  mkdir -p "$WORK"
   # 4,000 training renders and 48 validation ones, one process per core, each its own seed; every
   # other process renders night shots at 40 % (renderer 3.5's bokeh discs, which the shipped
   # weights still leave). Drop-focused shots stay at the default 20 %: at 30-50 % of the renders,
-  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md). Training
-  # keeps 30 % drop-free crops (--identity): without them, runs left drop-free photos under
-  # the ship rule's 38 dB
-  local cores renders=${RENDERS:-4000} device=${DEVICE:-cuda}
-  cores=$(nproc --all)
+  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md)
+  local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000}
   for i in $(seq 0 $((cores - 1))); do
     local rich=()
     if ((i % 2)); then rich=(--set night_prob=0.4); fi
-    "${derain[@]}" synth "$data/clean" -o "$work/train$i" --count $((renders / cores)) --split train \
+    "${DERAIN[@]}" synth "$data/clean" -o "$WORK/train$i" --count $((renders / cores)) --split train \
       --seed $((500 + i)) "${rich[@]}" > /dev/null &
   done
-  "${derain[@]}" synth "$data/clean" -o "$work/val" --count 48 --split val --seed 1000 > /dev/null
+  "${DERAIN[@]}" synth "$data/clean" -o "$WORK/val" --count 48 --split val --seed 1000 > /dev/null
   wait
-  python3 - "$work" <<'EOF'
+  python3 - "$WORK" <<'EOF2'
 import os
 import sys
 from pathlib import Path
@@ -76,17 +76,31 @@ for k, part in enumerate(sorted(work.glob("train[0-9]*"))):
         for f in (part / sub).iterdir():
             number, rest = f.name.split("_", 1)  # <i>_rain.png: numbered apart per process
             os.symlink(f, merged / sub / f"{k * 100000 + int(number)}_{rest}")
-EOF
-  timeout "$seconds" "${derain[@]}" train "$work/train" --val "$work/val" -o "$work/run" \
+EOF2
+}
+
+fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders
+  local data=$1 out=$2 seconds=$3 steps=$4 device=${DEVICE:-cuda}
+  mkdir -p "$out"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
+  # 30 % drop-free crops (--identity): without them, runs left drop-free photos under the ship
+  # rule's 38 dB
+  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/run" \
     --init derain-v13 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
     --identity 0.3 --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
-  local weights=$work/run/final.safetensors  # the whole schedule ran; else the best validation
-  [ -f "$weights" ] || weights=$work/run/best.safetensors
+  local weights=$WORK/run/final.safetensors  # the whole schedule ran; else the best validation
+  [ -f "$weights" ] || weights=$WORK/run/best.safetensors
   cp "$weights" "$out/weights.safetensors"
+  cp "$WORK/run/best.safetensors" "$out/best.safetensors" 2>/dev/null || true
   if [ -d "$data/real-pairs" ]; then
-    "${derain[@]}" eval "$data/real-pairs" --weights "$out/weights.safetensors" --device "$device" \
+    "${DERAIN[@]}" eval "$data/real-pairs" --weights "$out/weights.safetensors" --device "$device" \
       --json "$out/eval_real.json" | tail -3
   fi
+}
+
+train() {  # DATA OUT SECONDS STEPS: render, then fit
+  render "$1"
+  fit "$@"
 }
 
 "$@"

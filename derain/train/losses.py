@@ -83,7 +83,10 @@ def discriminator_loss(
     gamma: float = MAP_WEIGHT,
 ) -> torch.Tensor:
     """L_D = −log D(R) − log(1 − D(O)) + γ·[MSE(D_map(O), A_N) + MSE(D_map(R), 0)]."""
-    real_logit, fake_logit, real_map, fake_map = (t.float() for t in (real_logit, fake_logit, real_map, fake_map))
+    # fp32 throughout: CUDA's MSE backward refuses a bf16 target (the attention map under autocast)
+    real_logit, fake_logit, real_map, fake_map, attention = (
+        t.float() for t in (real_logit, fake_logit, real_map, fake_map, attention)
+    )
     adversarial = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + fake_loss(fake_logit)
     map_loss = F.mse_loss(fake_map, attention) + F.mse_loss(real_map, torch.zeros_like(real_map))
     return adversarial + gamma * map_loss

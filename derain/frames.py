@@ -3,17 +3,63 @@
 Frames of one size share a forward pass on GPUs (as many as fit the free memory, up to
 :data:`~derain.engine.MAX_TILE_BATCH`); on the CPU, or when a frame needs tiles, they go one at a time
 through :meth:`Derainer.run`. Only a window of frames is ever held, so a long clip costs no
-more memory than a short one.
+more memory than a short one. The model runs on a thread ahead of fusion, so a GPU's forward
+passes and fusion's CPU work overlap.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from .engine import Derainer, Restoration
 from .fusion import DEFAULT_RADIUS, fuse
+
+QUEUE_FRAMES = 8
+"""Frames one stage of a pipeline (decoding, the model, encoding) may run ahead of the next."""
+
+
+class Prefetch:
+    """Runs an iterator on a thread, a bounded queue ahead of the consumer; its exceptions surface in the consumer."""
+
+    _DONE = object()
+
+    def __init__(self, items: Iterator, name: str, size: int = QUEUE_FRAMES) -> None:
+        self.q: queue.Queue = queue.Queue(size)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(items,), name=name, daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if self.stop.is_set():
+                    return
+                self._put(item)
+            self._put(self._DONE)
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+
+    def __iter__(self) -> Iterator:
+        while (item := self.q.get()) is not self._DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def restore_frames(
@@ -44,4 +90,8 @@ def derain_frames(
     if not fuse_frames:
         yield from (r.image for _, r in restored)
         return
-    yield from fuse(((f, r.image, r.attention[-1]) for f, r in restored), radius)
+    ahead = Prefetch(((f, r.image, r.attention[-1]) for f, r in restored), "derain-model")
+    try:
+        yield from fuse(ahead, radius)
+    finally:
+        ahead.close()

@@ -15,12 +15,19 @@ sees behind it, which takes a slow pan many frames. So the neighbours are not th
 frames only but frames 1, 2, 4, 8 … up to the window apart on each side: the reach of a wide
 window for the flow computations of a few frames. Flow to a distant frame starts from the
 chained camera motions to the frames in between, so large displacements are followed.
+
+A frame's flows and its neighbours' warps are independent of each other, and OpenCV and NumPy
+release the GIL for them, so they run on a pool of threads: behind a GPU, fusion on one core
+was the bottleneck. Each result is summed in a fixed order, so the output does not depend on the
+number of threads.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -48,6 +55,8 @@ DROP_MARGIN = 9
 """Pixels (at flow resolution) around a drop whose flow is also distrusted: DIS blocks straddle the edge."""
 FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
 """Camera-motion fit: every 4th pixel of the clear scene, at least 40 of them, RANSAC within 1 px."""
+MAX_WORKERS = 8
+"""Threads fusion uses at most: a frame has at most 2·log2(window) + 2 neighbours to work on."""
 
 
 def neighbour_offsets(radius: int) -> list[int]:
@@ -92,7 +101,6 @@ class FlowField:
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:
-        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self.width = width
         self.grays: dict[int, np.ndarray] = {}
         self.trust: dict[int, np.ndarray] = {}
@@ -119,6 +127,18 @@ class FlowField:
             self.cache[(a, b)] = self._compute(a, b)
         return self.cache[(a, b)]
 
+    def prepare(self, pairs: Iterable[tuple[int, int]], pool: Executor) -> None:
+        """Compute the flows of ``pairs`` not cached yet, and the camera steps they chain, on ``pool``.
+
+        Afterwards :meth:`flow` only reads, so threads may ask for these pairs at once.
+        """
+        pairs = [pair for pair in dict.fromkeys(pairs) if pair not in self.cache]
+        steps = sorted(
+            {(t, t + d) for a, b in pairs for d in (1 if b > a else -1,) for t in range(a, b, d)} - self.steps.keys()
+        )
+        self.steps.update(zip(steps, pool.map(lambda step: self._fit(*step), steps)))
+        self.cache.update(zip(pairs, pool.map(lambda pair: self._compute(*pair), pairs)))
+
     def forget_before(self, index: int) -> None:
         """Drop frames older than ``index`` and the flows that involve them (memory stays bounded)."""
         for store in (self.grays, self.trust):
@@ -140,7 +160,10 @@ class FlowField:
 
     def _fit(self, a: int, b: int, start: np.ndarray | None = None) -> np.ndarray:
         """The homography that best explains DIS's flow from a to b (started at ``start``) where a has no drops."""
-        flow = self.dis.calc(self.grays[a], self.grays[b], start)
+        # A fresh DIS for each pair: one that is reused carries state from its last pair, so the flow
+        # would depend on the order of the calls (and, on threads, on their timing)
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        flow = dis.calc(self.grays[a], self.grays[b], start)
         h, w = flow.shape[:2]
         ys, xs = np.mgrid[0:h:FIT_STEP, 0:w:FIT_STEP]
         ys, xs = ys[self.trust[a][ys, xs] > 0.9], xs[self.trust[a][ys, xs] > 0.9]
@@ -228,39 +251,58 @@ def _neighbour(
 
 
 def fuse_frame(
-    current: int, frames: dict[int, np.ndarray], drops: dict[int, np.ndarray], flows: FlowField
+    current: int,
+    frames: dict[int, np.ndarray],
+    drops: dict[int, np.ndarray],
+    flows: FlowField,
+    pool: Executor,
 ) -> np.ndarray:
     """Frame ``current`` with drop pixels taken from the neighbours in ``frames`` that saw them clear.
 
     Where this frame's drop map (:func:`drop_map`) is high, each neighbour's warped pixel counts
     as much as it saw the scene there clear and its flow holds; the frame's own output keeps a
     small weight, so it stays wherever no neighbour saw more. Elsewhere the output is its own.
+    The ``pool``'s threads compute the flows and the neighbours' warps.
     """
     image = frames[current]
     here = drops[current]
     if not here.any():
         return image
+    others = [other for other in frames if other != current]
+    flows.prepare([pair for other in others for pair in ((current, other), (other, current))], pool)
+    contributions = pool.map(lambda other: _neighbour(current, other, frames, drops, flows), others)
     keep = np.maximum(1.0 - here, SELF_WEIGHT_FLOOR)
     total = keep[..., None] * image.astype(np.float32)
     weight = keep.copy()
-    for other in frames:
-        if other != current:
-            seen, belief = _neighbour(current, other, frames, drops, flows)
-            total += (here * belief)[..., None] * seen
-            weight += here * belief
+    for seen, belief in contributions:  # in the neighbours' order, whatever the threads' timing
+        total += (here * belief)[..., None] * seen
+        weight += here * belief
     return np.clip(np.rint(total / weight[..., None]), 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
 def fuse(
-    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: int = DEFAULT_RADIUS
+    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    radius: int = DEFAULT_RADIUS,
+    workers: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Fused frames, one per input, in order, from (input frame, derained frame, attention map) triples.
 
     Holds at most 2·radius + 1 frames: each frame is released once its farthest neighbour arrived.
-    ``radius`` 0 returns the derained frames unchanged.
+    ``radius`` 0 returns the derained frames unchanged. ``workers`` threads (default: the CPU
+    count, at most :data:`MAX_WORKERS`) share each frame's work; the output is the same for any.
     """
     if radius < 0:
         raise ValueError("the fusion radius must be ≥ 0")
+    if radius == 0:
+        yield from (image for _, image, _ in restorations)
+        return
+    with ThreadPoolExecutor(workers or min(MAX_WORKERS, os.cpu_count() or 1), "derain-fuse") as pool:
+        yield from _fuse(restorations, radius, pool)
+
+
+def _fuse(
+    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: int, pool: Executor
+) -> Iterator[np.ndarray]:
     frames: dict[int, np.ndarray] = {}
     drops: dict[int, np.ndarray] = {}
     flows = FlowField()
@@ -269,7 +311,7 @@ def fuse(
 
     def emit(current: int) -> np.ndarray:
         near = {i: frames[i] for i in [current, *(current + k for k in offsets)] if i in frames}
-        fused = fuse_frame(current, near, {i: drops[i] for i in near}, flows)
+        fused = fuse_frame(current, near, {i: drops[i] for i in near}, flows, pool)
         oldest = current - radius + 1
         for store in (frames, drops):
             for i in [i for i in store if i < oldest]:
@@ -278,9 +320,6 @@ def fuse(
         return fused
 
     for index, (rainy, image, att) in enumerate(restorations):
-        if radius == 0:
-            yield image
-            continue
         frames[index], drops[index] = image, drop_map(rainy, image, att)
         flows.add(index, luma8(image), drops[index])
         pending.append(index)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .engine import Derainer
 from .files import same_file
-from .frames import derain_frames
+from .frames import QUEUE_FRAMES, Prefetch, derain_frames
 from .fusion import DEFAULT_RADIUS
 
 VIDEO_EXTENSIONS = frozenset(
@@ -37,7 +37,6 @@ DEFAULT_CRF = 17
 """x264's constant-quality level that is visually lossless for most footage."""
 HDR_TRANSFERS = {16: "PQ (HDR10)", 18: "HLG"}
 """FFmpeg transfer-characteristic codes of HDR video."""
-QUEUE_FRAMES = 8
 INSTALL_HINT = 'video needs PyAV: pip install "derain[video]"'
 
 
@@ -161,46 +160,6 @@ def _demux(container, start: float | None, end: float | None) -> Iterator:
                 return
             rgb = frame.reformat(format="rgb48le" if deep else "rgb24", src_color_range=frame.color_range)
             yield _Decoded(rgb.to_ndarray(), frame.pts, frame.rotation)
-
-
-class _Prefetch:
-    """Runs an iterator on a thread, a bounded queue ahead of the consumer; its exceptions surface in the consumer."""
-
-    _DONE = object()
-
-    def __init__(self, items: Iterator, size: int = QUEUE_FRAMES) -> None:
-        self.q: queue.Queue = queue.Queue(size)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._work, args=(items,), name="derain-decode", daemon=True)
-        self.thread.start()
-
-    def _put(self, item) -> None:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _work(self, items: Iterator) -> None:
-        try:
-            for item in items:
-                if self.stop.is_set():
-                    return
-                self._put(item)
-            self._put(self._DONE)
-        except BaseException as exc:  # handed to the consumer
-            self._put(exc)
-
-    def __iter__(self) -> Iterator:
-        while (item := self.q.get()) is not self._DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 class _Writer:
@@ -332,7 +291,7 @@ def clean_video(
     tmp = dst.with_name(f".{dst.stem}.{secrets.token_hex(4)}.tmp{dst.suffix}")  # FFmpeg picks the container by suffix
     with _open_input(av, src) as container:
         info = _describe(container, src, start, end)
-        items = _Prefetch(_demux(container, start, end))
+        items = Prefetch(_demux(container, start, end), "derain-decode")
         try:
             process = lambda frames: derain_frames(derainer, frames, fuse, radius)  # noqa: E731
             written = _transcode(

@@ -107,6 +107,22 @@ def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> 
     assert error(8) < error(2) / 3
 
 
+def test_fusion_gives_the_same_frames_on_any_number_of_threads() -> None:
+    truth = panning(9)
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[30:42, 40:52] = 1.0
+    damaged = [f.copy() for f in truth]
+    for f in damaged:
+        f[30:42, 40:52] = 128
+    triples = [(f, f, attention) for f in damaged]
+
+    one = list(fuse(triples, radius=4, workers=1))
+    four = list(fuse(triples, radius=4, workers=4))
+
+    assert all(np.array_equal(a, b) for a, b in zip(one, four))
+    assert sum(not np.array_equal(a, d) for a, d in zip(one, damaged)) >= 7, "fusion filled the patch"
+
+
 def test_neighbours_are_powers_of_two_up_to_the_window() -> None:
     assert neighbour_offsets(0) == []
     assert neighbour_offsets(1) == [-1, 1]
@@ -159,3 +175,14 @@ def test_clean_frames_yields_one_frame_per_input(tiny_weights) -> None:
     single = list(derain_frames(derainer, frames, fuse_frames=False))
     assert len(fused) == len(single) == 4
     assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in fused)
+
+
+def test_an_error_in_the_frame_source_surfaces_through_the_model_thread(tiny_weights) -> None:
+    derainer = Derainer(tiny_weights, device="cpu")
+
+    def frames():
+        yield from panning(3, 64, 48)
+        raise RuntimeError("decoder gave up")
+
+    with pytest.raises(RuntimeError, match="decoder gave up"):
+        list(derain_frames(derainer, frames(), radius=2))

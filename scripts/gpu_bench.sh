@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The GPU figures of the README's Performance section, in one go (a few minutes on an H100).
-# Usage: scripts/gpu_bench.sh [OUTDIR]   (needs the [export] extra for the onnxruntime-gpu row)
+# The GPU figures of the README's Performance section, in one go (about 4 minutes on an H100).
+# Usage: scripts/gpu_bench.sh [OUTDIR]
+# Needs `derain` on PATH and PyAV (the [video] extra). The lent GPU machine has neither and
+# cannot download: carry PyAV as an xz tarball of its wheel's contents (25 MB; the wheel is 36),
+# unpack it onto PYTHONPATH, and put a `derain` script that runs `python3 -m derain "$@"` on PATH.
 set -euo pipefail
 out=${1:-gpu_bench}
 mkdir -p "$out"

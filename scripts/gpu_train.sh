@@ -9,10 +9,12 @@
 #   scripts/gpu_train.sh train gpu_data "$OUT" 420 1200
 # renders training pairs on all cores (`render`; RENDERS pairs on CORES processes leave the other
 # cores to another job, such as scripts/gpu_bench.sh), then trains (`fit`) 1,200 steps or 420 s,
-# whichever ends first (read the run's s/step in the log), validates every 200 steps and leaves
-# in OUT: weights.safetensors (the final EMA weights, or the best validation's if time ran out
-# first), best.safetensors, the train log, and eval_real.json (the real pairs, when packed).
-# Score it here with the ship rule (weights/README.md) before anything ships.
+# whichever ends first (0.30-0.35 s per step on an H100), validates every 200 steps and leaves
+# in OUT, for a run named NAME (default: run): NAME.safetensors (the final EMA weights, or the
+# best validation's if time ran out first), NAME.best.safetensors, NAME.log and
+# NAME.eval_real.json (the real pairs, when packed). `fit` again with another NAME, IDENTITY or
+# UNPAIRED=0 trains a variant on the same renders. Score each here with the ship rule
+# (weights/README.md) before anything ships.
 # DEVICE=cpu RENDERS=32 runs it on a CPU as a smoke test (batch 16 of 256² needs ~14 GB there).
 set -euo pipefail
 
@@ -79,22 +81,25 @@ for k, part in enumerate(sorted(work.glob("train[0-9]*"))):
 EOF2
 }
 
-fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders
-  local data=$1 out=$2 seconds=$3 steps=$4 device=${DEVICE:-cuda}
+fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run (default: run)
+  local data=$1 out=$2 seconds=$3 steps=$4 device=${DEVICE:-cuda} name=${NAME:-run}
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
-  # 30 % drop-free crops (--identity): without them, runs left drop-free photos under the ship
-  # rule's 38 dB
-  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/run" \
-    --init derain-v13 --unpaired "$data/real-raindrop" --device "$device" --batch 16 --patch 256 \
-    --identity 0.3 --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/train.log" || true
-  local weights=$WORK/run/final.safetensors  # the whole schedule ran; else the best validation
-  [ -f "$weights" ] || weights=$WORK/run/best.safetensors
-  cp "$weights" "$out/weights.safetensors"
-  cp "$WORK/run/best.safetensors" "$out/best.safetensors" 2>/dev/null || true
+  # Drop-free crops (--identity; IDENTITY, default 0.5): at 0.3, a 700-step run shifted the
+  # colours of drop-free photos (worst 27.8 dB from the input; weights/README.md). UNPAIRED=0
+  # leaves out the discriminator on real photos, the other suspect of that shift
+  local unpaired=(--unpaired "$data/real-raindrop")
+  if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
+  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
+    --init derain-v13 "${unpaired[@]}" --device "$device" --batch 16 --patch 256 \
+    --identity "${IDENTITY:-0.5}" --lr 1e-4 --steps "$steps" --val-every 200 2>&1 | tee "$out/$name.log" || true
+  local weights=$WORK/$name/final.safetensors  # the whole schedule ran; else the best validation
+  [ -f "$weights" ] || weights=$WORK/$name/best.safetensors
+  cp "$weights" "$out/$name.safetensors"
+  cp "$WORK/$name/best.safetensors" "$out/$name.best.safetensors" 2>/dev/null || true
   if [ -d "$data/real-pairs" ]; then
-    "${DERAIN[@]}" eval "$data/real-pairs" --weights "$out/weights.safetensors" --device "$device" \
-      --json "$out/eval_real.json" | tail -3
+    "${DERAIN[@]}" eval "$data/real-pairs" --weights "$out/$name.safetensors" --device "$device" \
+      --json "$out/$name.eval_real.json" | tail -3
   fi
 }
 

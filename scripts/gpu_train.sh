@@ -54,13 +54,15 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # 4,000 training renders and 48 validation ones, one process per core, each its own seed; every
   # other process renders night shots at 40 % (renderer 3.5's bokeh discs, which the shipped
   # weights still leave). Drop-focused shots stay at the default 20 %: at 30-50 % of the renders,
-  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md)
-  local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000}
+  # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md). SETS adds
+  # renderer settings to every process, e.g. SETS="haze_prob=0.2 night_prob=0.1"
+  local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
+  for kv in ${SETS:-}; do sets+=(--set "$kv"); done
   for i in $(seq 0 $((cores - 1))); do
     local rich=()
     if ((i % 2)); then rich=(--set night_prob=0.4); fi
     "${DERAIN[@]}" synth "$data/clean" -o "$WORK/train$i" --count $((renders / cores)) --split train \
-      --seed $((500 + i)) "${rich[@]}" > /dev/null &
+      --seed $((500 + i)) "${rich[@]}" "${sets[@]}" > /dev/null &
   done
   "${DERAIN[@]}" synth "$data/clean" -o "$WORK/val" --count 48 --split val --seed 1000 > /dev/null
   wait

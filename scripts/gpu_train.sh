@@ -87,9 +87,10 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   local data=$1 out=$2 seconds=$3 steps=$4 device=${DEVICE:-cuda} name=${NAME:-run}
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
-  # Drop-free crops (--identity; IDENTITY, default 0.5): at 0.3, a 700-step run shifted the
-  # colours of drop-free photos (worst 27.8 dB from the input; weights/README.md). UNPAIRED=0
-  # leaves out the discriminator on real photos, the other suspect of that shift
+  # Drop-free crops (--identity; IDENTITY, default 0.5): a 700-step run with 0.3 shifted the
+  # colours of drop-free photos (worst 27.8 dB from the input; weights/README.md), and more of
+  # them is the first remedy to try. UNPAIRED=0 leaves out the discriminator on real photos, and
+  # SETS="haze_prob=0" (render) the wet-glass veil: the two other suspects of that shift
   local unpaired=(--unpaired "$data/real-raindrop")
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \

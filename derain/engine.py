@@ -135,7 +135,6 @@ class Derainer:
         steps: int | None = None,
         gate: bool | None = None,
     ) -> None:
-        torch.set_flush_denormal(True)
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         if steps is not None and not 1 <= steps <= MAX_STEPS:
@@ -330,6 +329,7 @@ class Derainer:
         if self.precision is Precision.FP16:
             x = x.half()
         if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # a per-thread flag: set on whichever thread runs the model
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             out = self.model(x, side_outputs=False)

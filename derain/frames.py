@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from .engine import Derainer, Restoration
 from .fusion import DEFAULT_RADIUS, fuse
@@ -91,12 +90,7 @@ def derain_frames(
     if not fuse_frames:
         yield from (r.image for _, r in restored)
         return
-
-    def on_model_thread() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        torch.set_flush_denormal(True)  # a per-thread CPU flag, as Derainer sets it for its own thread
-        yield from ((f, r.image, r.attention[-1]) for f, r in restored)
-
-    ahead = Prefetch(on_model_thread(), "derain-model")
+    ahead = Prefetch(((f, r.image, r.attention[-1]) for f, r in restored), "derain-model")
     try:
         yield from fuse(ahead, radius)
     finally:

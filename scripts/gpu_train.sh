@@ -44,7 +44,7 @@ EOF
   du -sh "$dest"
 }
 
-WORK=/tmp/derain_gpu
+WORK=${WORK:-/tmp/derain_gpu}  # renders and runs; a folder in the checkout survives between calls
 DERAIN=(python3 -m derain)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 

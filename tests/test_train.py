@@ -218,19 +218,16 @@ def test_unpaired_photos_are_cropped_and_enlarged_to_the_patch(tmp_path):
     assert crops.shape == (3, 3, 24, 24) and 0 <= crops.min() and crops.max() <= 1
 
 
-def test_unpaired_training_shows_real_outputs_to_the_discriminator_and_exports_weights(tmp_path):
+def _unpaired_setup(tmp_path, **overrides) -> TrainConfig:
+    """Rendered-style pairs in tmp_path/train, real photos in tmp_path/real, a tiny config using both."""
     _write_pairs(tmp_path / "train")
     _write_photos(tmp_path / "real")
-    cfg = TrainConfig(
-        steps=2,
-        batch=1,
-        patch=16,
-        warmup=1,
-        generator=TINY.to_dict(),
-        rnn_only_fraction=0.0,
-        gan_weight=0.01,
-        unpaired_dir=str(tmp_path / "real"),
-    )
+    tiny = {"steps": 2, "batch": 1, "patch": 16, "warmup": 1, "generator": TINY.to_dict(), "rnn_only_fraction": 0.0}
+    return TrainConfig(**tiny | {"gan_weight": 0.01, "unpaired_dir": str(tmp_path / "real")} | overrides)
+
+
+def test_unpaired_training_shows_real_outputs_to_the_discriminator_and_exports_weights(tmp_path):
+    cfg = _unpaired_setup(tmp_path)
     trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run")
     d_before = [p.detach().clone() for p in trainer.discriminator.parameters()]
     parts = trainer.train_step()
@@ -254,19 +251,7 @@ def test_colour_fidelity_pins_block_colours_away_from_drops_and_leaves_detail_fr
 
 
 def test_unpaired_training_with_colour_fidelity_adds_its_term(tmp_path):
-    _write_pairs(tmp_path / "train")
-    _write_photos(tmp_path / "real")
-    cfg = TrainConfig(
-        steps=1,
-        batch=1,
-        patch=16,
-        generator=TINY.to_dict(),
-        rnn_only_fraction=0.0,
-        gan_weight=0.01,
-        unpaired_dir=str(tmp_path / "real"),
-        colour_fidelity=1.0,
-    )
-    trainer = Trainer(cfg, tmp_path / "train", tmp_path / "run")
+    trainer = Trainer(_unpaired_setup(tmp_path, colour_fidelity=1.0), tmp_path / "train", tmp_path / "run")
     with torch.no_grad():
         trainer.model.autoencoder.output.bias += 0.05  # a fresh model passes the image through: recolour it
     parts = trainer.train_step()

@@ -8,7 +8,8 @@
 # There (the device tool's run, carry ["gpu_data"], timeout_s 600):
 #   scripts/gpu_train.sh train gpu_data "$OUT" 420 1200
 # renders training pairs on all cores (`render`; RENDERS pairs on CORES processes leave the other
-# cores to another job, such as scripts/gpu_bench.sh), then trains (`fit`) 1,200 steps or 420 s,
+# cores to another job, such as scripts/gpu_bench.sh; V2_PERCENT, default 15, adds as many
+# renderer-v2 pairs in one more process), then trains (`fit`) 1,200 steps or 420 s,
 # whichever ends first (0.30-0.35 s per step on an H100), validates every 200 steps and leaves
 # in OUT, for a run named NAME (default: run): NAME.safetensors (the final EMA weights, or the
 # best validation's if time ran out first), NAME.best.safetensors, NAME.log and
@@ -41,8 +42,13 @@ for name, quality in (("clean", 80), ("real-raindrop", 90)):
             cv2.imwrite(str(out / f"{photo.stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
 EOF
   if [ -d "$src/real-pairs" ]; then rm -rf "$dest/real-pairs"; cp -r "$src/real-pairs" "$dest/"; fi
+  # Renderer v2 from git history: the ship rule's rendered validation is renderer-v2 pairs, and a
+  # GPU run that saw none fell 2 dB on them (weights/README.md)
+  git show "$RENDERER_V2:derain/synth.py" | sed 's/^from \.imageio import/from derain.imageio import/' > "$dest/synth_v2.py"
   du -sh "$dest"
 }
+
+RENDERER_V2=bbf38ca^  # the last commit before renderer v3
 
 WORK=${WORK:-/tmp/derain_gpu}  # renders and runs; a folder in the checkout survives between calls
 DERAIN=(python3 -m derain)
@@ -64,6 +70,19 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
     "${DERAIN[@]}" synth "$data/clean" -o "$WORK/train$i" --count $((renders / cores)) --split train \
       --seed $((500 + i)) "${rich[@]}" "${sets[@]}" > /dev/null &
   done
+  local v2=$((renders * ${V2_PERCENT:-15} / 100))  # V2_PERCENT more pairs from renderer v2, if packed
+  if [ -f "$data/synth_v2.py" ] && ((v2 > 0)); then
+    python3 - "$data" "$WORK/train${cores}v2" "$v2" <<'EOF3' &
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+import synth_v2
+
+photos = synth_v2.list_photos(Path(sys.argv[1]) / "clean", "train")
+synth_v2.synthesize_dataset(photos, Path(sys.argv[2]), int(sys.argv[3]), (720, 480), seed=600)
+EOF3
+  fi
   "${DERAIN[@]}" synth "$data/clean" -o "$WORK/val" --count 48 --split val --seed 1000 > /dev/null
   wait
   python3 - "$WORK" <<'EOF2'

@@ -7,7 +7,7 @@
 # Here, once: scripts/gpu_train.sh pack ../shared/data gpu_data, and PyAV's wheel contents as
 # .whl/av.tar.xz (the device has no network). There (run tool, carry ["gpu_data", ".whl"]):
 #   scripts/gpu_session.sh "$OUT"                                    # timeout_s 600
-#   STAGE=fit NAME=nocolour COLOUR=0 FIT_STEPS=500 scripts/gpu_session.sh "$OUT"   # carry nothing:
+#   STAGE=fit NAME=paired UNPAIRED=0 FIT_STEPS=500 scripts/gpu_session.sh "$OUT"   # carry nothing:
 #   what the first call brought and rendered stays there while the machine is warm
 # Score what comes back here with the ship rule (weights/README.md) before anything ships.
 set -u

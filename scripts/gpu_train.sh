@@ -13,8 +13,8 @@
 # whichever ends first (0.30-0.35 s per step on an H100), validates every 200 steps and leaves
 # in OUT, for a run named NAME (default: run): NAME.safetensors (the final EMA weights, or the
 # best validation's if time ran out first), NAME.best.safetensors, NAME.log and
-# NAME.eval_real.json (the real pairs, when packed). `fit` again with another NAME, IDENTITY,
-# COLOUR or UNPAIRED=0 trains a variant on the same renders. Score each here with the ship rule
+# NAME.eval_real.json (the real pairs, when packed). `fit` again with another NAME, IDENTITY or
+# UNPAIRED=0 trains a variant on the same renders. Score each here with the ship rule
 # (weights/README.md) before anything ships.
 # DEVICE=cpu RENDERS=32 runs it on a CPU as a smoke test (batch 16 of 256² needs ~14 GB there).
 set -euo pipefail
@@ -106,12 +106,11 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   local data=$1 out=$2 seconds=$3 steps=$4 device=${DEVICE:-cuda} name=${NAME:-run}
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
-  # A 700-step run with drop-free crops at 0.3 recoloured drop-free photos (worst 27.8 dB from
-  # the input; weights/README.md). Remedies on by default: drop-free crops at 0.5 (IDENTITY) and
-  # the colour-fidelity term on the real photos' outputs at 0.1 (COLOUR). UNPAIRED=0 leaves out
-  # the discriminator on real photos, and SETS="haze_prob=0" (render) the wet-glass veil: the
-  # other suspects of that shift
-  local unpaired=(--unpaired "$data/real-raindrop" --colour-fidelity "${COLOUR:-0.1}")
+  # A 700-step run with drop-free crops at 0.3 darkened and warmed drop-free photos (worst 27.8 dB
+  # from the input; weights/README.md), as real rainy photos rightly are (their clean twins are
+  # darker and warmer): drop-free crops at 0.5 (IDENTITY) teach it where not to. UNPAIRED=0 leaves
+  # out the discriminator on real photos, and SETS="haze_prob=0" (render) the wet-glass veil
+  local unpaired=(--unpaired "$data/real-raindrop")
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
     --init derain-v13 "${unpaired[@]}" --device "$device" --batch 16 --patch 256 \

@@ -87,16 +87,6 @@ def _print_log(log: Log) -> None:
     "to leave no rain on real photos. Adapt a model to your camera with --init and --unpaired.",
 )
 @click.option(
-    "--colour-fidelity",
-    "colour_fidelity",
-    default=TrainConfig.colour_fidelity,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="With --unpaired: weight of a loss that keeps the outputs on the unpaired photos at their "
-    "input's colours away from the drops (16-px block means). Raise it (say 1) if outputs on "
-    "your photos come out darker or warmer.",
-)
-@click.option(
     "--residual/--paper-output",
     default=False,
     show_default=True,

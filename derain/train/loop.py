@@ -62,10 +62,6 @@ class TrainConfig:
     leave nothing on real photos that looks like rain; needs ``gan_weight`` > 0."""
     unpaired_batch: int = 2
     """Unpaired crops per step (each costs a generator pass like a paired crop)."""
-    colour_fidelity: float = 0.0
-    """Weight of :func:`~derain.train.losses.colour_fidelity_loss` on the unpaired outputs: away
-    from the drops they keep the input's colours, which the discriminator would otherwise pull
-    towards those of the clean photos."""
     residual: bool = False
     """Predict a correction added to the input instead of the image. Measured here: with Adam,
     a zero-initialised head and 90 % drop-free pixels, the residual autoencoder's ReLUs died
@@ -296,11 +292,7 @@ class Trainer:
             if cfg.ssim_weight:
                 parts["ssim"] = cfg.ssim_weight * losses.ssim_loss(out.image, clean)
             if self.discriminator is not None:
-                unpaired = self._unpaired_pass()
-                parts.update(self._adversarial(out, clean, None if unpaired is None else unpaired[1]))
-                if unpaired is not None and cfg.colour_fidelity:
-                    real_rainy, real_out, real_map = unpaired
-                    parts["colour"] = cfg.colour_fidelity * losses.colour_fidelity_loss(real_out, real_rainy, real_map)
+                parts.update(self._adversarial(out, clean, self._unpaired_outputs()))
         total = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -309,17 +301,15 @@ class Trainer:
         self.ema.update(self.model, self.step)
         return {k: v.item() for k, v in parts.items()} | {"total": total.item()}
 
-    def _unpaired_pass(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(real rainy crops, the generator's outputs on them, its final attention maps), or None
-        without unpaired photos."""
+    def _unpaired_outputs(self) -> torch.Tensor | None:
+        """The generator's outputs on a batch of real rainy crops, or None without unpaired photos."""
         if self.unpaired is None:
             return None
         real_rainy = self.unpaired.batch(self.rng, self.cfg.unpaired_batch, self.cfg.patch).to(self.device)
         if self.bf16:
             real_rainy = real_rainy.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(real_rainy, side_outputs=False)
-        return real_rainy, out.image.clamp(0, 1), out.attention[-1].detach()
+            return self.model(real_rainy, side_outputs=False).image.clamp(0, 1)
 
     def _adversarial(self, out, clean: torch.Tensor, unpaired: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """One discriminator update, then the generator's adversarial terms.

@@ -17,8 +17,6 @@ SCALE_WEIGHTS = (0.6, 0.8, 1.0)
 #: Weight of the adversarial term in the generator loss, and γ of the discriminator's map loss.
 GAN_WEIGHT = 0.01
 MAP_WEIGHT = 0.05
-#: Block size (px) over which an output on an unpaired photo must keep the input's colours.
-FIDELITY_BLOCK = 16
 
 _DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
@@ -74,21 +72,6 @@ def fake_loss(fake_logit: torch.Tensor) -> torch.Tensor:
     """The discriminator's −log(1 − D(O)) for a batch of generated images."""
     fake_logit = fake_logit.float()
     return F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
-
-
-def colour_fidelity_loss(
-    output: torch.Tensor, image: torch.Tensor, attention: torch.Tensor, block: int = FIDELITY_BLOCK
-) -> torch.Tensor:
-    """Mean |block mean of the output − block mean of the input|, weighted by each block's
-    drop-free share (1 − attention).
-
-    A real rainy photo has no ground truth, but away from its drops it should come out unchanged.
-    The discriminator's reals are the rendered pairs' clean photos, so it can also tell outputs on
-    another camera's photos by their colours alone, and pushes the generator to recolour them;
-    block means leave drop-sized detail free and pin only the colours."""
-    clear = F.avg_pool2d(1.0 - attention.float().clamp(0, 1), block)
-    shift = F.avg_pool2d(output.float(), block) - F.avg_pool2d(image.float(), block)
-    return (clear * shift.abs()).mean()
 
 
 def discriminator_loss(

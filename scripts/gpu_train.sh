@@ -109,7 +109,7 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   # A 700-step run with drop-free crops at 0.3 darkened and warmed drop-free photos (worst 27.8 dB
   # from the input; weights/README.md), as real rainy photos rightly are (their clean twins are
   # darker and warmer): drop-free crops at 0.5 (IDENTITY) teach it where not to. UNPAIRED=0 leaves
-  # out the discriminator on real photos, and SETS="haze_prob=0" (render) the wet-glass veil
+  # out the discriminator on real photos; SETS="haze_floor=0.3" (render) veils the whole glass
   local unpaired=(--unpaired "$data/real-raindrop")
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \

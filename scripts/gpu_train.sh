@@ -107,7 +107,7 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" || true
   # A 700-step run with drop-free crops at 0.3 darkened and warmed drop-free photos (worst 27.8 dB
-  # from the input; weights/README.md), as real rainy photos rightly are (their clean twins are
+  # from the input; weights/README.md), as it rightly does real rainy ones (their clean twins are
   # darker and warmer): drop-free crops at 0.5 (IDENTITY) teach it where not to. UNPAIRED=0 leaves
   # out the discriminator on real photos; SETS="haze_floor=0.3" (render) veils the whole glass
   local unpaired=(--unpaired "$data/real-raindrop")

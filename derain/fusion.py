@@ -133,9 +133,7 @@ class FlowField:
         Afterwards :meth:`flow` only reads, so threads may ask for these pairs at once.
         """
         pairs = [pair for pair in dict.fromkeys(pairs) if pair not in self.cache]
-        steps = sorted(
-            {(t, t + d) for a, b in pairs for d in (1 if b > a else -1,) for t in range(a, b, d)} - self.steps.keys()
-        )
+        steps = sorted({step for a, b in pairs for step in _chain(a, b)} - self.steps.keys())
         self.steps.update(zip(steps, pool.map(lambda step: self._fit(*step), steps)))
         self.cache.update(zip(pairs, pool.map(lambda pair: self._compute(*pair), pairs)))
 
@@ -150,12 +148,11 @@ class FlowField:
 
     def camera(self, a: int, b: int) -> np.ndarray:
         """3×3 homography taking frame a's pixels (flow resolution) to frame b's: consecutive fits, chained."""
-        direction = 1 if b > a else -1
         chained = np.eye(3)
-        for t in range(a, b, direction):
-            if (t, t + direction) not in self.steps:
-                self.steps[(t, t + direction)] = self._fit(t, t + direction)
-            chained = self.steps[(t, t + direction)] @ chained
+        for step in _chain(a, b):
+            if step not in self.steps:
+                self.steps[step] = self._fit(*step)
+            chained = self.steps[step] @ chained
         return chained
 
     def _fit(self, a: int, b: int, start: np.ndarray | None = None) -> np.ndarray:
@@ -182,6 +179,12 @@ class FlowField:
         start = cv2.perspectiveTransform(grid, self.camera(a, b)) - grid
         refit = self._fit(a, b, np.ascontiguousarray(start.reshape(h, w, 2)))
         return (cv2.perspectiveTransform(grid, refit) - grid).reshape(h, w, 2)
+
+
+def _chain(a: int, b: int) -> list[tuple[int, int]]:
+    """The consecutive frame pairs from a to b, either way: the camera steps a's motion to b chains."""
+    direction = 1 if b > a else -1
+    return [(t, t + direction) for t in range(a, b, direction)]
 
 
 def _trust(drops: np.ndarray) -> np.ndarray:

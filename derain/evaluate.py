@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -98,8 +100,32 @@ class EvalReport:
         }
 
 
+def report_json(report: object) -> str:
+    """``report`` as strict JSON: a non-finite figure (the PSNR of identical images is +inf) becomes
+    null, as JSON has no Infinity or NaN and strict parsers refuse them."""
+    return json.dumps(_finite(report), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _bgr8(path: Path) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(read_image(path, max_pixels=None).rgb)[..., ::-1])
+
+
+def _score(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path) -> tuple[float, float]:
+    """:func:`metrics.score`, naming the two files when their sizes differ."""
+    try:
+        return metrics.score(pred, gt)
+    except ValueError as exc:
+        raise ValueError(f"{pred_path} vs {gt_path}: {exc}") from None
 
 
 def _mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -141,17 +167,17 @@ def evaluate(
     report = EvalReport()
     for pair in pairs:
         rainy, clean = _bgr8(pair.rainy), _bgr8(pair.clean)
-        overlap = None
+        overlap, pred_path = None, predictions.get(pair.number, pair.rainy)  # the model's output has the input's size
         if pred_dir is not None:
-            pred = _bgr8(predictions[pair.number])
+            pred = _bgr8(pred_path)
         else:
             mask = None if pair.mask is None else _mask(pair.mask, rainy.shape)
             out = derainer.run(np.ascontiguousarray(rainy[..., ::-1]), with_attention=mask is not None)
             pred = np.ascontiguousarray(out.image[..., ::-1])
             if mask is not None:
                 overlap = metrics.attention_overlap(out.attention[-1], mask)
-        p, s = metrics.score(pred, clean)
-        ip, is_ = metrics.score(rainy, clean)
+        p, s = _score(pred, clean, pred_path, pair.clean)
+        ip, is_ = _score(rainy, clean, pair.rainy, pair.clean)
         score = ImageScore(pair.rainy.name, p, s, ip, is_, overlap)
         report.images.append(score)
         if on_image:

@@ -7,6 +7,7 @@ The input is never overwritten.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +17,19 @@ from .engine import Derainer, Restoration
 from .imageio import DEFAULT_MAX_PIXELS, Image, ImageError, read_image, write_image
 from .visualize import attention_overlay, attention_to_gray
 
+PathLike = str | os.PathLike[str]  # the public functions take what open() takes, not only Path
 
-def same_file(a: Path, b: Path) -> bool:
+
+def same_file(a: PathLike, b: PathLike) -> bool:
     """True when both paths name one file (also through links or ``..``)."""
+    a, b = Path(a), Path(b)
     try:
         return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
     except OSError:
         return False
 
 
-def refuse_overwriting_input(src: Path, dst: Path) -> None:
+def refuse_overwriting_input(src: PathLike, dst: PathLike) -> None:
     if same_file(src, dst):
         raise ImageError(f"{dst}: refusing to overwrite the input; choose another output path")
 
@@ -43,21 +47,23 @@ def overlay_image(image: Image, attention: np.ndarray) -> Image:
     return Image(rgb=attention_overlay(image.rgb, attention), alpha=None, grayscale=False)
 
 
-def overlay_path_for(dst: Path) -> Path:
+def overlay_path_for(dst: PathLike) -> Path:
     """Where ``--attention`` puts the overlay of an output: ``<stem>_overlay.png`` beside it."""
+    dst = Path(dst)
     return dst.with_name(dst.stem + "_overlay.png")
 
 
 def clean_file(
     derainer: Derainer,
-    src: Path,
-    dst: Path,
+    src: PathLike,
+    dst: PathLike,
     quality: int = 95,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    overlay: Path | None = None,
+    overlay: PathLike | None = None,
     keep_metadata: bool = True,
 ) -> None:
     """Derain ``src`` into ``dst``; with ``overlay``, also write the attention overlay there."""
+    src = Path(src)
     refuse_overwriting_input(src, dst)
     if overlay is not None:  # before anything is written
         refuse_overwriting_input(src, overlay)
@@ -69,15 +75,15 @@ def clean_file(
 def write_outputs(
     image: Image,
     result: Restoration,
-    dst: Path,
+    dst: PathLike,
     quality: int = 95,
-    overlay: Path | None = None,
+    overlay: PathLike | None = None,
     keep_metadata: bool = True,
 ) -> None:
     """Write what the model made of ``image``: the cleaned photo and, with ``overlay``, the attention overlay."""
-    write_image(dst, derained_image(image, result.image, keep_metadata), quality)
+    write_image(Path(dst), derained_image(image, result.image, keep_metadata), quality)
     if overlay is not None:
-        write_image(overlay, overlay_image(image, result.attention[-1]))
+        write_image(Path(overlay), overlay_image(image, result.attention[-1]))
 
 
 @dataclass(frozen=True)
@@ -86,17 +92,18 @@ class AttentionFiles:
     overlay: Path
 
 
-def attention_paths(src: Path, out_dir: Path, steps: int) -> AttentionFiles:
-    stem = src.stem
+def attention_paths(src: PathLike, out_dir: PathLike, steps: int) -> AttentionFiles:
+    stem, out_dir = Path(src).stem, Path(out_dir)
     return AttentionFiles(
         [out_dir / f"{stem}_att{i}.png" for i in range(1, steps + 1)], out_dir / f"{stem}_overlay.png"
     )
 
 
 def attention_files(
-    derainer: Derainer, src: Path, out_dir: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    derainer: Derainer, src: PathLike, out_dir: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> AttentionFiles:
     """Write the N attention maps as 8-bit PNGs and a heat-map overlay of the last one."""
+    src = Path(src)
     image = read_image(src, max_pixels)
     maps = derainer.attention(image.rgb)
     paths = attention_paths(src, out_dir, len(maps))

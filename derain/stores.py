@@ -81,15 +81,20 @@ class Store:
         return same_file(Path(self.root), Path(other.root))
 
     def files(self, wanted: Callable[[Path], bool], exclude: Store | None = None) -> list[PurePath]:
-        """Every ``wanted`` file under the root, recursively, sorted, skipping ``exclude``'s tree and hidden files."""
+        """Every ``wanted`` file under the root, recursively, sorted, skipping hidden files and ``exclude``'s
+        tree where it lies inside the root (so a rerun does not take the outputs for inputs); an
+        ``exclude`` that holds the root, such as ``-o .`` for a sub-folder, skips nothing."""
         if self.remote:
             found: Iterable[PurePath] = sorted(self._files())
-            skip = exclude.root if exclude is not None and exclude.remote else None
+            root, skip = self.root, exclude.root if exclude is not None and exclude.remote else None
             where: Callable[[PurePath], PurePath] = lambda path: path  # noqa: E731
         else:
             found = (path for path in sorted(Path(self.root).rglob("*")) if path.is_file())
+            root = Path(self.root).resolve()
             skip = Path(exclude.root).resolve() if exclude is not None and not exclude.remote else None
             where = lambda path: Path(path).resolve()  # noqa: E731  (through links, as the output tree is named)
+        if skip is not None and root not in skip.parents:
+            skip = None
         return [
             path
             for path in found

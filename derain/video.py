@@ -293,6 +293,7 @@ def clean_video(
         info = _describe(container, src, start, end)
         items = Prefetch(_demux(container, start, end), "derain-decode")
         try:
+            _claim(tmp, dst)
             process = lambda frames: derain_frames(derainer, frames, fuse, radius)  # noqa: E731
             written = _transcode(
                 av, container, items, tmp, info, codec, crf, _Timing(end=end), start is not None, process, on_frame
@@ -306,6 +307,15 @@ def clean_video(
             items.close()
             tmp.unlink(missing_ok=True)
     return written
+
+
+def _claim(tmp: Path, dst: Path) -> None:
+    """Create the temp file now: FFmpeg opens its output only at the first packet, and its error
+    there would read as a failure of the input."""
+    try:
+        tmp.touch(exist_ok=False)
+    except OSError as exc:
+        raise VideoError(f"{dst}: cannot write in {dst.parent} ({exc.strerror or exc})") from None
 
 
 def _transcode(av, container, items, tmp, info, codec, crf, timing, shift, process, on_frame) -> int:

@@ -21,6 +21,7 @@ from .fusion import DEFAULT_RADIUS, FlowField, full_size, fuse, luma8, warp
 from .imageio import read_image
 from .synth import RAIN_DIR
 from .train.data import find_pairs
+from .video_synth import CLIP_FILE
 from .visualize import to_uint8
 
 
@@ -75,15 +76,21 @@ class VideoReport:
         return {"mean": asdict(self.mean), "clips": [asdict(c) for c in self.clips]}
 
 
+def is_clip(folder: Path) -> bool:
+    """A rendered clip has data/ and clip.json: a folder of unrelated photos (`derain synth`) is no clip."""
+    return (folder / RAIN_DIR).is_dir() and (folder / CLIP_FILE).is_file()
+
+
 def find_clips(root: Path) -> list[Path]:
-    """``root`` itself when it is a clip (has data/), else its sub-folders that are, in natural order."""
+    """``root`` itself when it is a clip, else its sub-folders that are, in natural order."""
     root = Path(root)
-    if (root / RAIN_DIR).is_dir():
+    if is_clip(root):
         return [root]
-    clips = [p for p in root.iterdir() if (p / RAIN_DIR).is_dir()]
+    clips = [p for p in root.iterdir() if is_clip(p)]
     if not clips:
         raise ValueError(
-            f"{root}: no clips found (expected <clip>/{RAIN_DIR}/<t>_rain.png, as `derain synth-video` writes)"
+            f"{root}: holds no clips from `derain synth-video` (expected <clip>/{CLIP_FILE} and "
+            f"<clip>/{RAIN_DIR}/<t>_rain.png)"
         )
     return sorted(clips, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .imageio import write_atomic
 from .model import Generator, GeneratorConfig
 
 FORMAT_NAME = "derain-generator"
@@ -157,9 +158,8 @@ def save_weights(model: Generator, path: Path, meta: dict | None = None, channel
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"derain": json.dumps(header)})
-    tmp.replace(path)
+    # through write_atomic, as images are: safetensors' own save_file leaves the file 0600
+    write_atomic(path, save(tensors, metadata={"derain": json.dumps(header)}))
     return path
 
 

@@ -471,6 +471,17 @@ def test_batch_output_inside_the_input_is_not_fed_back(
     assert files_under(out) == names
 
 
+def test_batch_into_a_folder_that_holds_the_input(
+    tmp_path: Path, rng: np.random.Generator, model: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = _tree(tmp_path / "in", rng)
+    monkeypatch.chdir(tmp_path)
+    result = run("batch", "in", "-o", ".", *model)
+    assert_ok(result)
+    assert "3 done, 0 skipped, 0 failed" in result.output
+    assert {name for name in names if (tmp_path / name).is_file()} == names
+
+
 def test_batch_one_bad_file_does_not_stop_it(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     names = _tree(tmp_path / "in", rng)
     _truncated_png(tmp_path / "in" / "a" / "b" / "[draft] broken.png")
@@ -480,6 +491,7 @@ def test_batch_one_bad_file_does_not_stop_it(tmp_path: Path, rng: np.random.Gene
     assert "3 done, 0 skipped, 1 failed" in result.output
     failed = [line for line in result.output.splitlines() if "[draft] broken.png" in line]
     assert len(failed) == 1 and "not a readable image" in failed[0]
+    assert failed[0].count("broken.png") == 1, "the path is said once"
     assert files_under(tmp_path / "out") == names
     assert_no_temp_files(tmp_path / "out")
     # a rerun skips the good ones and still reports the bad one
@@ -518,6 +530,12 @@ def test_batch_no_images(tmp_path: Path, model: list[str]) -> None:
 def test_batch_missing_folder(tmp_path: Path, model: list[str]) -> None:
     assert_fails(run("batch", tmp_path / "nope", *model), 1, "no such folder")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_of_a_file_points_to_clean(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
+    src = photo(tmp_path / "small.jpg", rng)
+    assert_fails(run("batch", src, *model), 1, "small.jpg: is a file, not a folder", f"`derain clean {src}`")
+    assert list(tmp_path.iterdir()) == [src]
 
 
 def test_batch_refuses_its_input_as_output(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
@@ -719,6 +737,15 @@ def test_synth_without_photos(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_synth_into_a_file(tmp_path: Path, rng: np.random.Generator) -> None:
+    photo(tmp_path / "clean" / "a.png", rng)
+    taken = photo(tmp_path / "small.jpg", rng)
+    assert_fails(run("synth", tmp_path / "clean", "-o", taken, "--count", "1"), 1, "small.jpg: is a file")
+    assert_fails(
+        run("synth", tmp_path / "clean", "-o", taken / "set", "--count", "1"), 1, "cannot create the dataset folder"
+    )
+
+
 def test_synth_unreadable_photo(tmp_path: Path) -> None:
     (tmp_path / "clean").mkdir()
     _text(tmp_path / "clean" / "fake.jpg")
@@ -756,6 +783,19 @@ def test_eval_predictions(tmp_path: Path, rng: np.random.Generator) -> None:
     assert "3 images" in result.output and f"{expected.mean_psnr:.2f}" in result.output
 
 
+def test_eval_json_is_strict_when_predictions_equal_the_truth(tmp_path: Path, rng: np.random.Generator) -> None:
+    _pairs(tmp_path / "set", rng, count=2)
+    result = run("eval", tmp_path / "set", "--pred", tmp_path / "set" / "gt", "--json", tmp_path / "scores.json")
+    assert_ok(result)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    scores = json.loads((tmp_path / "scores.json").read_text(), parse_constant=refuse)
+    assert scores["mean_psnr"] is None and all(s["psnr"] is None for s in scores["images"])
+    assert scores["mean_ssim"] == pytest.approx(1.0)
+
+
 def test_eval_runs_the_model(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     _pairs(tmp_path / "set", rng, count=2)
     result = run("eval", tmp_path / "set", "--json", tmp_path / "new" / "scores.json", *model)
@@ -780,6 +820,13 @@ def test_eval_mask_of_the_wrong_size(tmp_path: Path, rng: np.random.Generator, m
     _pairs(tmp_path / "set", rng, count=1)
     write(tmp_path / "set" / "mask" / "0_mask.png", np.zeros((H + 1, W), np.uint8))
     assert_fails(run("eval", tmp_path / "set", *model), 1, "0_mask.png: mask is", "the image is")
+
+
+def test_eval_size_mismatch_names_the_files(tmp_path: Path, rng: np.random.Generator) -> None:
+    _pairs(tmp_path / "set", rng, count=2)
+    photo(tmp_path / "set" / "pred" / "1_derained.png", rng, H // 2, W // 2)
+    result = run("eval", tmp_path / "set", "--pred", tmp_path / "set" / "pred")
+    assert_fails(result, 1, f"{tmp_path / 'set' / 'pred' / '1_derained.png'} vs ", "1_clean.png: size mismatch")
 
 
 def test_eval_missing_prediction(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -837,10 +884,23 @@ def test_train_missing_data(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_train_missing_init_weights(tmp_path: Path, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("init, reason", [("nope.pt", "weights file not found"), ("nope", "no shipped weights")])
+def test_train_unusable_init_weights_is_a_setup_error(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, init: str, reason: str
+) -> None:
     _pairs(tmp_path / "set", rng, count=1)
-    result = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tmp_path / "nope.pt")
-    assert_fails(result, 1, "weights file not found")
+    monkeypatch.chdir(tmp_path)
+    result = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", init)
+    assert_fails(result, 2, reason)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device, reason", [("toaster", "unknown device"), ("cuda:99", "CUDA")])
+def test_train_unusable_device_is_a_setup_error(
+    tmp_path: Path, rng: np.random.Generator, device: str, reason: str
+) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    assert_fails(run("train", tmp_path / "set", "-o", tmp_path / "run", "--device", device), 2, reason)
     assert not (tmp_path / "run").exists()
 
 

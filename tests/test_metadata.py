@@ -132,6 +132,19 @@ def test_metadata_survives_a_second_pass(tmp_path: Path, derainer: Derainer) -> 
     assert_kept(tmp_path / "c.jpg")
 
 
+def test_clean_file_takes_plain_strings_as_the_readme_does(
+    tmp_path: Path, derainer: Derainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _phone_jpeg(tmp_path / "a.jpg")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    clean_file(derainer, "a.jpg", "out/b.jpg", overlay="out/b_overlay.png")
+    assert_kept(tmp_path / "out" / "b.jpg")
+    assert read_image(tmp_path / "out" / "b_overlay.png").rgb.shape == (24, 16, 3)
+    with pytest.raises(ImageError, match="refusing to overwrite the input"):
+        clean_file(derainer, "a.jpg", "out/../a.jpg")
+
+
 def test_strip_metadata(tmp_path: Path, derainer: Derainer) -> None:
     clean_file(derainer, _phone_jpeg(tmp_path / "a.jpg"), tmp_path / "out.jpg", keep_metadata=False)
     with PIL.Image.open(tmp_path / "out.jpg") as out:

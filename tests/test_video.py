@@ -14,6 +14,8 @@ from derain.cli import main
 from derain.engine import Derainer
 from derain.video import VideoError, clean_video, video_output_path
 
+from .test_cli import assert_fails, run
+
 av = pytest.importorskip("av")
 
 FPS = Fraction(30000, 1001)  # NTSC: a rate that rounding would break
@@ -112,6 +114,14 @@ def test_unreadable_missing_and_silent_inputs_are_one_line_errors(tmp_path: Path
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "notes_derained.mp4").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a folder no one can write in, even root")
+def test_an_unwritable_output_folder_is_named_not_the_input(tmp_path: Path, tiny_weights: Path) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=2, audio=False)
+    result = run("video", src, "-o", "/proc/out.mp4", "-w", tiny_weights, "--device", "cpu")
+    error = assert_fails(result, 1, "/proc/out.mp4: cannot write in /proc", one_line=False)
+    assert "in.mp4" not in error
 
 
 def test_refuses_to_overwrite_input_and_bad_times(tmp_path: Path, derainer: Derainer, tiny_weights: Path) -> None:

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from derain.cli import main
 from derain.imageio import Image, write_image
 
+from .test_cli import _pairs, assert_fails, run
+
 
 def test_missing_pyav_is_a_one_line_hint(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "av", None)  # import av now fails, as without the extra
@@ -36,3 +38,17 @@ def test_batch_says_it_skips_videos(tmp_path: Path, tiny_weights: Path) -> None:
     assert "skipping 1 video file(s)" in mixed.output
     assert (tmp_path / "footage_derained" / "frame.png").is_file()
     assert not (tmp_path / "footage_derained" / "day1").exists()
+
+
+def test_eval_video_refuses_a_folder_of_photos_that_holds_no_clips(
+    tmp_path: Path, tiny_weights: Path, rng: np.random.Generator
+) -> None:
+    _pairs(tmp_path / "set", rng, count=2)  # the layout `derain synth` writes: unrelated photos, not a clip
+    result = run("eval", tmp_path / "set", "--video", "-w", tiny_weights, "--device", "cpu")
+    assert_fails(result, 1, "holds no clips from `derain synth-video`")
+
+
+def test_video_of_a_folder_says_it_is_one(tmp_path: Path, tiny_weights: Path) -> None:
+    (tmp_path / "clips").mkdir()
+    result = run("video", tmp_path / "clips", "-w", tiny_weights, "--device", "cpu")
+    assert_fails(result, 1, "clips: is a folder", "derain batch")

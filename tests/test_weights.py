@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,14 @@ def test_our_format_round_trips_in_fp16_with_metadata(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.allclose(loaded.state_dict()[key], value.half().float())
     assert path.stat().st_size < sum(v.numel() * 4 for v in model.state_dict().values())
+
+
+def test_saved_weights_get_the_usual_permissions_and_leave_no_temp_file(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_weights(tiny_model(), tmp_path / "w.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ class Summary:
         state = "[yellow]interrupted[/]: " if self.interrupted else ""
         colour = "red" if self.failed else "green"
         console.print(f"{state}[{colour}]{self.done} done, {self.skipped} skipped, {len(self.failed)} failed[/]")
-        for path, reason in self.failed:
-            console.print(f"  [red]✗[/] {escape(str(path))}: {escape(reason)}", soft_wrap=True)
+        for path, reason in self.failed:  # a reader's reason already begins with the path: say it once
+            console.print(
+                f"  [red]✗[/] {escape(str(path))}: {escape(reason.removeprefix(f'{path}: '))}", soft_wrap=True
+            )
 
 
 def _progress() -> Progress:
@@ -241,6 +244,10 @@ def batch(
     source = Store.at(input_dir)
     target = Store.at(output_dir) if output_dir else source.sibling()
     if not source.is_dir():
+        if not source.remote and Path(input_dir).is_file():
+            command = "video" if is_video_path(Path(input_dir)) else "clean"
+            hint = f"derain {command} {shlex.quote(input_dir)}"
+            raise InputFailed(f"{input_dir}: is a file, not a folder; to clean it use `{hint}`")
         raise InputFailed(f"{input_dir}: no such folder")
     if source.same_as(target):
         raise InputFailed(

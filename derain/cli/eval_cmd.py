@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from ..evaluate import ImageScore, evaluate
+from ..evaluate import ImageScore, evaluate, report_json
 from .common import InputFailed, console, friendly, load_derainer, model_options
 from .video_cmd import eval_video, window_option
 
@@ -87,7 +86,7 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
             f"{len(report.drop_free)} drop-free image(s): output {mean:.2f} dB from the input (worst {worst:.2f} dB)"
         )
     if json_path:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        json_path.write_text(report_json(report.to_dict()))
 
 
 def _cells(psnr: float, ssim: float, input_psnr: float, input_ssim: float, iou: float | None) -> list[str]:

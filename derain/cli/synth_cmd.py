@@ -121,6 +121,14 @@ def synth_cmd(
     if preview:
         _write_preview(photos, output, preview, size, seed, cfg, beside)
         return
+    try:  # now, so that a file in the way is one clear line rather than an OS error mid-render
+        output.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputFailed(
+            f"{output}: is a file; name a folder for the dataset (or add --preview N for a sheet)"
+        ) from None
+    except OSError as exc:
+        raise InputFailed(f"{output}: cannot create the dataset folder ({exc.strerror})") from None
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering (renderer v{RENDERER_VERSION})", total=count)
         synthesize_dataset(photos, output, count, size, seed, cfg, on_sample=lambda i: progress.advance(task))

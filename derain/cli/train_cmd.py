@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from ..engine import pick_device
 from ..train.loop import UNPAIRED_GAN_WEIGHT, Log, TrainConfig, train
-from .common import InputFailed, console, friendly
+from ..weights import WeightsError
+from .common import BadSetup, InputFailed, console, friendly
 
 
 def _print_log(log: Log) -> None:
@@ -109,7 +111,7 @@ def _print_log(log: Log) -> None:
     help="Start from these weights: a shipped name, a weights file, or a run's checkpoint.pt, which also "
     "brings its raw weights and optimiser moments (a warm restart of a finished run on a new schedule).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda[:N]|mps", help="Where to train.")
 @click.option(
     "--mixed-precision/--fp32",
     default=TrainConfig.mixed_precision,
@@ -136,8 +138,15 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: boo
     """
     if not data_dir.is_dir():
         raise InputFailed(f"{data_dir}: no such folder")
+    try:  # a device that is not there is a bad command line (exit 2), found before the data loads
+        options["device"] = str(pick_device(options["device"]))
+    except ValueError as exc:
+        raise BadSetup(str(exc)) from None
     if options["gan_weight"] is None:
         options["gan_weight"] = UNPAIRED_GAN_WEIGHT if options["unpaired_dir"] else TrainConfig.gan_weight
     cfg = TrainConfig(residual=residual, **options)
-    trainer = train(cfg, data_dir, run_dir, val_dir, resume=resume, on_log=_print_log)
+    try:
+        trainer = train(cfg, data_dir, run_dir, val_dir, resume=resume, on_log=_print_log)
+    except WeightsError as exc:  # unusable --init weights: exit 2, as for every command's --weights
+        raise BadSetup(str(exc)) from None
     console.print(f"[green]✓[/] trained to step {trainer.step}; weights in {escape(str(run_dir))}/final.safetensors")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import shlex
 from pathlib import Path
 
 import click
@@ -11,12 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..engine import Derainer
+from ..evaluate import report_json
 from ..fusion import DEFAULT_RADIUS
 from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import MOTIONS, synthesize_clips
-from .common import BadSetup, console, friendly, load_derainer, model_options
+from .common import BadSetup, InputFailed, console, friendly, load_derainer, model_options
 from .synth_cmd import parse_size, photos_to_render, split_option
 
 
@@ -97,6 +98,9 @@ def video_cmd(
       derain video robot.mkv --per-frame --crf 20 --device cuda
       derain video drone.mp4 --window 8       # less memory and time; fast pans need no more
     """
+    if input_path.is_dir():  # batch cleans the videos of a folder only on Ray: one job per clip
+        hint = f"derain batch {shlex.quote(str(input_path))} --engine ray"
+        raise InputFailed(f"{input_path}: is a folder; give one video, or clean all of its videos with `{hint}`")
     dst = output or video_output_path(input_path, suffix)
     try:
         info = probe(input_path, start, end)
@@ -225,7 +229,7 @@ def eval_video(root: Path, derainer: Derainer, window: int, json_path: Path | No
         f"{mean.flicker:.2f} vs {mean.per_frame_flicker:.2f} (ground truth {mean.gt_flicker:.2f})"
     )
     if json_path:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        json_path.write_text(report_json(report.to_dict()))
 
 
 def _row(c: ClipScore) -> list[str]:

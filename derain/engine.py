@@ -1,7 +1,8 @@
 """The inference engine: ``Derainer(...).clean(image)``.
 
-Picks the device and numeric precision, pads to the network's size multiple, tiles large
-photos (bounded memory at any size), converts to the channel order the weights expect, and
+Picks the device and numeric precision, brings large photos to the size the weights learned
+drops at (and the change back up), pads to the network's size multiple, tiles what is still
+large (bounded memory at any size), converts to the channel order the weights expect, and
 returns an array of the caller's shape and dtype.
 """
 
@@ -45,6 +46,11 @@ MAX_STEPS = 32
 #: over each drop's soft edge, and the map level from which the network's output is taken in full.
 GATE_SIGMA = 32.0
 GATE_LEVEL = 0.2
+#: Short side (px) at which the network sees a photo by default. The weights learned drops at
+#: the size they have in 720×480 frames (renders and the Raindrop dataset alike); in a 12 MP
+#: photo the same drops are six times larger, far beyond what the network repaints.
+WORKING_SIZE = 480
+MIN_WORKING_SIZE = 32
 
 
 class Precision(str, Enum):
@@ -120,6 +126,8 @@ class Derainer:
     checkpoint, or the official ``gen.pkl``). ``tile``: "auto" bounds memory, 0 never tiles,
     N forces N-pixel tiles. ``tile_overlap``: pixels shared by neighbouring tiles. ``steps``:
     attentive-recurrent steps to run instead of the weights' own count (fewer is faster).
+    ``working_size``: a photo whose short side is larger is derained at this short side and the
+    change scaled back up onto it (:func:`_scale_back`); None runs the network at full size.
     ``gate``: blend the output with the input by the final attention map (:func:`gate_weights`),
     so pixels the model saw no drop in stay as they were; False gives the network's raw output;
     None does what the weights were validated with (on for the shipped ones, off for ``gen.pkl``).
@@ -134,6 +142,7 @@ class Derainer:
         tile_overlap: int = DEFAULT_OVERLAP,
         steps: int | None = None,
         gate: bool | None = None,
+        working_size: int | None = WORKING_SIZE,
     ) -> None:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
@@ -141,11 +150,16 @@ class Derainer:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
         if self.device.type == "cpu":
             keep_freed_memory()
-            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            if "OMP_NUM_THREADS" not in os.environ:  # else the count its user chose (a shared machine) stands
+                visible = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+                torch.set_num_threads(len(visible))
         self.tile = _parse_tile(tile)
         if tile_overlap < 0:
             raise ValueError("tile overlap must be ≥ 0")
         self.tile_overlap = tile_overlap
+        if working_size is not None and working_size < MIN_WORKING_SIZE:
+            raise ValueError(f"working size must be at least {MIN_WORKING_SIZE} pixels, not {working_size}")
+        self.working_size = working_size
         model, self.weights_info = load_weights(weights)  # config, channel order, provenance
         self.gate = self.weights_info.gate if gate is None else gate
         if steps is not None:
@@ -196,6 +210,37 @@ class Derainer:
     def run(self, image: np.ndarray, with_attention: bool = False) -> Restoration:
         """Clean an image and, optionally, return the attention maps from the same pass."""
         scale = _check_image(image)
+        size = self._working_shape(*image.shape[:2])
+        if size is None:
+            return self._run_one(image, scale, with_attention)
+        small = _resize(image, size)
+        return _scale_back(image, small, self._run_one(small, scale, with_attention))
+
+    def batch_size(self, height: int, width: int) -> int:
+        """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
+        else as many as the free memory allows (up to :data:`MAX_TILE_BATCH`)."""
+        height, width = self._working_shape(height, width) or (height, width)
+        ph, pw = height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
+        if self.device.type == "cpu" or self._tile_size(ph, pw) < max(ph, pw):
+            return 1
+        return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
+
+    def run_batch(self, images: list[np.ndarray]) -> list[Restoration]:
+        """:meth:`run` with attention on each image, in one forward pass when they share a size and
+        dtype (video frames; size the list with :meth:`batch_size`). Same results, image by image."""
+        if len(images) == 1 or len({(i.shape, i.dtype) for i in images}) > 1:
+            return [self.run(i, with_attention=True) for i in images]
+        scale = _check_image(images[0])
+        size = self._working_shape(*images[0].shape[:2])
+        if size is None:
+            return self._run_same_size(images, scale)
+        small = [_resize(i, size) for i in images]
+        return [_scale_back(*args) for args in zip(images, small, self._run_same_size(small, scale))]
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _run_one(self, image: np.ndarray, scale: float, with_attention: bool) -> Restoration:
+        """:meth:`run` at the image's own size: whole, or in tiles (smaller ones if a GPU runs out)."""
         padded = self._model_order(_pad_to_multiple(image, SIZE_MULTIPLE))
         tile = self._tile_size(*padded.shape[:2])
         while True:
@@ -209,28 +254,21 @@ class Derainer:
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
-    def batch_size(self, height: int, width: int) -> int:
-        """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
-        else as many as the free memory allows (up to :data:`MAX_TILE_BATCH`)."""
-        ph, pw = height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
-        if self.device.type == "cpu" or self._tile_size(ph, pw) < max(ph, pw):
-            return 1
-        return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
-
-    def run_batch(self, images: list[np.ndarray]) -> list[Restoration]:
-        """:meth:`run` with attention on each image, in one forward pass when they share a size and
-        dtype (video frames; size the list with :meth:`batch_size`). Same results, image by image."""
-        if len(images) == 1 or len({(i.shape, i.dtype) for i in images}) > 1:
-            return [self.run(i, with_attention=True) for i in images]
-        scale = _check_image(images[0])
+    def _run_same_size(self, images: list[np.ndarray], scale: float) -> list[Restoration]:
+        """:meth:`run_batch` at the images' own size."""
         batch = self._model_order(np.stack([_pad_to_multiple(i, SIZE_MULTIPLE) for i in images]))
         try:
             return self._run_whole(batch, scale, images[0], with_attention=True)
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
-            return [self.run(i, with_attention=True) for i in images]
+            return [self._run_one(i, scale, with_attention=True) for i in images]
 
-    # --- internals --------------------------------------------------------------------------
+    def _working_shape(self, height: int, width: int) -> tuple[int, int] | None:
+        """(height, width) to derain an image of this size at, or None for its own size."""
+        if self.working_size is None or min(height, width) <= self.working_size:
+            return None
+        factor = self.working_size / min(height, width)
+        return max(1, round(height * factor)), max(1, round(width * factor))
 
     def _model_order(self, pixels: np.ndarray) -> np.ndarray:
         """RGB pixels (…×H×W×3) in the channel order the weights were trained on."""
@@ -395,6 +433,28 @@ def apply_gate(output: torch.Tensor, image: torch.Tensor, attention: torch.Tenso
     [0, 1]) by :func:`gate_weights` of the final attention map (…×H×W), in place (at 24 MP each
     image is 290 MB); the output is clipped to [0, 1] first."""
     output.clamp_(0.0, 1.0).sub_(image).mul_(gate_weights(attention).unsqueeze(-3)).add_(image)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at (height, width) ``size``, area-averaged (no aliasing of fine texture)."""
+    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+
+
+def _scale_back(image: np.ndarray, small: np.ndarray, result: Restoration) -> Restoration:
+    """The change the network made to ``small`` (``image`` at the working size), scaled up onto
+    ``image`` bilinearly: pixels it left alone stay exactly as they were, and only what it
+    repainted (the drops, behind which there is no detail to keep) is at the working size's."""
+    height, width = image.shape[:2]
+    change = result.image.astype(np.float32)
+    change -= small
+    change = cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
+    change += image
+    top = float(np.iinfo(image.dtype).max)
+    pixels = np.clip(np.rint(change, out=change), 0.0, top, out=change).astype(image.dtype)
+    maps = result.attention
+    if maps is not None:
+        maps = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]
+    return Restoration(pixels, maps)
 
 
 def _parse_tile(tile: int | str) -> int | None:

@@ -18,7 +18,8 @@ bench 24mp --size 6000x4000 --repeat 2 --no-reference
 
 # Video (issue 15): a 5 s, 30 fps clip panning over the shipped example at 720p and 1080p,
 # through `derain video` fused and per-frame (frames/s from the wall time, decode and encode
-# included), and the engine alone on batches of frames (MP/s, as `derain video` batches them).
+# included; the network sees 853x480 frames at the default working size), and the engine alone
+# on batches of full-size frames (MP/s, as `derain video --working-size full` batches them).
 python - "$out" <<'PY'
 import sys, time
 from pathlib import Path
@@ -26,7 +27,7 @@ import av, cv2, numpy as np
 from derain import Derainer
 out = Path(sys.argv[1])
 photo = cv2.imread("examples/rainy.jpg")[..., ::-1]
-derainer = Derainer(device="cuda")
+derainer = Derainer(device="cuda", working_size=None)
 for name, (w, h) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
     big = cv2.resize(photo, (w + 300, h + 200), interpolation=cv2.INTER_CUBIC)
     frames = [np.ascontiguousarray(big[k * 200 // 150 : k * 200 // 150 + h, 2 * k : 2 * k + w]) for k in range(150)]

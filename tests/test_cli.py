@@ -336,6 +336,17 @@ def test_clean_bad_max_pixels_is_a_usage_error(tmp_path: Path, rng: np.random.Ge
     assert_fails(run("clean", src, "--max-pixels", "-5", *model), 2, "--max-pixels", one_line=False)
 
 
+def test_clean_working_size(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
+    src = photo(tmp_path / "rainy.png", rng, 48, 64)
+    assert_ok(run("clean", src, "-o", tmp_path / "small.png", "--working-size", "32", *model))
+    assert_ok(run("clean", src, "-o", tmp_path / "full.png", "--working-size", "full", *model))
+    small, full = read(tmp_path / "small.png"), read(tmp_path / "full.png")
+    assert small.shape == full.shape == (48, 64, 3)
+    assert not np.array_equal(small, full)  # the network saw a 32×43 copy, then all 48×64 pixels
+    for bad in ("8", "big"):
+        assert_fails(run("clean", src, "--working-size", bad, *model), 2, "--working-size", one_line=False)
+
+
 def test_clean_bad_weights(tmp_path: Path, rng: np.random.Generator) -> None:
     src = photo(tmp_path / "rainy.png", rng)
     missing = tmp_path / "nope.safetensors"

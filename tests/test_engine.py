@@ -1,3 +1,5 @@
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -8,9 +10,11 @@ from derain.engine import (
     GATE_SIGMA,
     Derainer,
     Precision,
+    Restoration,
     _halo_on_device,
     _halo_on_host,
     _parse_tile,
+    _scale_back,
     gate_weights,
     pick_device,
     pick_precision,
@@ -112,6 +116,57 @@ def test_tiled_equals_untiled_on_a_small_model(tiny_weights, rng):
     whole = Derainer(tiny_weights, device="cpu", precision="fp32", tile=0).clean(image)
     tiled = Derainer(tiny_weights, device="cpu", precision="fp32", tile=64, tile_overlap=48).clean(image)
     assert psnr(whole, tiled) > 45
+
+
+def test_a_photo_larger_than_the_working_size_is_derained_at_it(tiny_weights, rng):
+    derainer = Derainer(tiny_weights, device="cpu", working_size=32)
+    seen = []
+    derainer.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    image = random_image(rng, 64, 96, np.uint16)
+    result = derainer.run(image, with_attention=True)
+    assert seen == [(32, 48)]
+    assert result.image.shape == image.shape and result.image.dtype == np.uint16
+    assert all(m.shape == (64, 96) for m in result.attention)
+    derainer.run(random_image(rng, 32, 200))  # short side at the working size: its own size
+    assert seen[-1] == (32, 200)
+
+
+def test_scaling_back_keeps_every_pixel_the_network_left_alone(rng):
+    image = random_image(rng, 80, 120)
+    small = cv2.resize(image, (60, 40), interpolation=cv2.INTER_AREA)
+    repainted = small.copy()
+    repainted[10:20, 30:40] = 0  # one "drop" repainted at the working size
+    out = _scale_back(image, small, Restoration(repainted, [np.zeros((40, 60), np.float32)])).image
+    assert np.array_equal(out[:16], image[:16]) and np.array_equal(out[:, :56], image[:, :56])
+    assert out[24:36, 64:76].max() < image[24:36, 64:76].max()  # the drop's change, at full size
+
+
+def test_frames_in_a_batch_are_scaled_like_single_photos(tiny_weights, rng):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32", working_size=40)
+    frames = [random_image(rng, 60, 80) for _ in range(2)]
+    for batched, frame in zip(derainer.run_batch(frames), frames):
+        single = derainer.run(frame, with_attention=True)
+        assert np.array_equal(batched.image, single.image)
+        assert batched.attention[-1].shape == (60, 80)
+
+
+def test_omp_num_threads_is_respected_on_the_cpu(tiny_weights, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        Derainer(tiny_weights, device="cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        Derainer(tiny_weights, device="cpu")
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_working_size_is_checked(tiny_weights):
+    with pytest.raises(ValueError, match="at least"):
+        Derainer(tiny_weights, device="cpu", working_size=8)
 
 
 def test_auto_tiling_splits_large_images(tiny_weights, monkeypatch):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.console import Console
 from rich.table import Table
 
 from ..benchmark import benchmark
+from ..evaluate import report_json
 from ..export import require
-from .common import BadSetup, friendly, load_derainer, model_options
+from .common import BadSetup, friendly, load_derainer, network_options
 from .synth_cmd import parse_size
 
 
@@ -27,7 +26,7 @@ from .synth_cmd import parse_size
     help="Also time plain fp32 (tiled above 4 MP) for the speed-up and accuracy figures.",
 )
 @click.option("--onnx", is_flag=True, help="Also time onnxruntime (CPU, fp32) on an export of the same weights.")
-@model_options
+@network_options
 @friendly
 def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool, onnx: bool, **model) -> None:
     """Time the chosen settings against plain fp32 (no tiling) on a synthetic photo.
@@ -35,7 +34,8 @@ def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool
     Reports seconds, seconds per megapixel, megapixels per second, achieved GFLOP/s and
     peak memory for each run, the speed-up, how far apart the outputs are (PSNR), and the
     ratio of the achieved GFLOP/s to a convolution peak measured in the same run: lone 3×3
-    convolutions at the model's own shapes, in the same precision and layout.
+    convolutions at the model's own shapes, in the same precision and layout. The network
+    runs at the full --size (the other commands derain large photos at a working size).
 
     \b
     Examples:
@@ -51,7 +51,7 @@ def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool
             raise BadSetup(str(exc)) from None
     report = benchmark(**model, size=size, repeat=repeat, reference=reference, onnx=onnx)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(report_json(report.to_dict()))
         return
     title = f"derain bench — {report.width}×{report.height}, {report.steps} steps, {report.threads} threads"
     table = Table(title=title)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..engine import DEFAULT_OVERLAP, MAX_STEPS, Derainer
+from ..engine import DEFAULT_OVERLAP, MAX_STEPS, MIN_WORKING_SIZE, WORKING_SIZE, Derainer
 from ..imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ..weights import WeightsError
 
@@ -32,6 +32,23 @@ class BadSetup(click.ClickException):
 
 
 def model_options(command: Callable) -> Callable:
+    """:func:`network_options` and --working-size: what every command that cleans photos takes."""
+    return network_options(
+        click.option(
+            "--working-size",
+            default=str(WORKING_SIZE),
+            show_default=True,
+            callback=_parse_working_size,
+            metavar="N|full",
+            help="Derain a photo whose short side is larger at this short side, and scale the change (only) back "
+            "up onto the full-size photo: the weights learned drops at the size they have in 720×480 frames, and "
+            "a phone's 12 MP photo shows them six times larger, too large to repaint. full: the network sees "
+            "the photo at its own size (slower; large drops stay).",
+        )(command)
+    )
+
+
+def network_options(command: Callable) -> Callable:
     """--weights, --device, --precision, --tile, --tile-overlap, --steps, --gate."""
     options = [
         click.option(
@@ -133,6 +150,18 @@ def metadata_option(command: Callable) -> Callable:
         is_flag=True,
         help="Write no colour profile, EXIF (camera, date, GPS), XMP or DPI.  [default: keep them]",
     )(command)
+
+
+def _parse_working_size(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    if value.strip().lower() == "full":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a size in pixels or 'full'") from None
+    if size < MIN_WORKING_SIZE:
+        raise click.BadParameter(f"must be at least {MIN_WORKING_SIZE} pixels, or 'full'")
+    return size
 
 
 def _parse_pixels(ctx: click.Context, param: click.Parameter, value: str) -> int | None:

@@ -124,6 +124,13 @@ def test_an_unwritable_output_folder_is_named_not_the_input(tmp_path: Path, tiny
     assert "in.mp4" not in error
 
 
+def test_cli_makes_the_output_folder_as_clean_does(tmp_path: Path, tiny_weights: Path) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=2, audio=False)
+    dst = tmp_path / "new" / "folder" / "out.mp4"
+    assert run("video", src, "-o", dst, "-w", tiny_weights, "--device", "cpu").exit_code == 0
+    assert video_frames(dst) == video_frames(src)
+
+
 def test_refuses_to_overwrite_input_and_bad_times(tmp_path: Path, derainer: Derainer, tiny_weights: Path) -> None:
     src = make_clip(tmp_path / "in.mp4", frames=2, audio=False)
     with pytest.raises(VideoError, match="overwrite the input"):

@@ -15,6 +15,7 @@ from .common import (
     console,
     friendly,
     load_derainer,
+    make_parent,
     metadata_option,
     model_options,
     with_ext,
@@ -71,10 +72,7 @@ def clean(
         raise InputFailed(f"{input_path}: no such file")
     dst = with_ext(output, ext) if output else output_path_for(input_path, suffix, ext)
     overlay = overlay_path_for(dst) if with_overlay else None
-    try:  # as `batch` and `attention` make theirs
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputFailed(f"{dst}: cannot create its folder {dst.parent} ({exc.strerror})") from None
+    make_parent(dst)  # as `batch`, `attention` and `video` make theirs
     derainer = load_derainer(**model)
     try:
         with console.status(f"Cleaning {input_path.name}…"):

@@ -186,6 +186,14 @@ def load_derainer(weights: str | None, **settings: object) -> Derainer:
         raise BadSetup(str(exc)) from None
 
 
+def make_parent(dst: Path) -> None:
+    """Create the folder an output goes in (``-o new/folder/out.jpg``), or fail in one line."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFailed(f"{dst}: cannot create its folder {dst.parent} ({exc.strerror})") from None
+
+
 def with_ext(path: Path, ext: str | None) -> Path:
     return path.with_suffix("." + ext.lower()) if ext else path
 

@@ -17,7 +17,7 @@ from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import MOTIONS, synthesize_clips
-from .common import BadSetup, InputFailed, console, friendly, load_derainer, model_options
+from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options
 from .synth_cmd import parse_size, photos_to_render, split_option
 
 
@@ -102,6 +102,7 @@ def video_cmd(
         hint = f"derain batch {shlex.quote(str(input_path))} --engine ray"
         raise InputFailed(f"{input_path}: is a folder; give one video, or clean all of its videos with `{hint}`")
     dst = output or video_output_path(input_path, suffix)
+    make_parent(dst)
     try:
         info = probe(input_path, start, end)
     except ImportError as exc:

@@ -652,10 +652,16 @@ def test_weights_lists_a_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr("derain.weights.shipped_dir", lambda: tmp_path)
     monkeypatch.setattr(importlib.import_module("derain.cli.weights_cmd"), "shipped_dir", lambda: tmp_path)
-    result = CliRunner().invoke(main, ["weights"], env={"COLUMNS": "250"})  # a table row on one line
+    result = CliRunner().invoke(main, ["weights"], env={"COLUMNS": "80"})
     assert_ok(result)
     assert "alpha (default)" in result.output and "beta" in result.output and "beta (default)" not in result.output
-    assert "1.5" in result.output and "2.0" in result.output
+    assert "1.5 MB" in result.output and "2.0 MB" in result.output
+    assert "ab" * 32 in result.output  # the checksum on one line at 80 columns, to copy
+    listed = json.loads(CliRunner().invoke(main, ["weights", "--json"]).output)
+    assert [(e["name"], e["default"], e["sha256"]) for e in listed] == [
+        ("alpha", True, "ab" * 32),
+        ("beta", False, "cd" * 32),
+    ]
 
 
 def test_weights_without_a_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

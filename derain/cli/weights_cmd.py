@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..weights import WeightsError, read_manifest, shipped_dir
@@ -11,28 +14,34 @@ from .common import BadSetup
 
 
 @click.command("weights")
-def weights_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON, for scripts (a checksum check).")
+def weights_cmd(as_json: bool) -> None:
     """List the shipped weights: name, size, sha256, training data and validation scores.
 
     \b
-    Example:
+    Examples:
       derain weights                          # then: derain clean rainy.jpg -w NAME
+      derain weights --json                   # name, default, file, size, sha256, …
     """
     try:
         manifest = read_manifest()
     except WeightsError as exc:
         raise BadSetup(str(exc)) from None
-    table = Table(title=f"Shipped weights ({shipped_dir()})")
-    for column in ("name", "file", "MB", "sha256", "trained on", "validation"):
-        table.add_column(column, overflow="fold")
-    for name, entry in sorted(manifest["files"].items()):
-        default = " (default)" if name == manifest.get("default") else ""
-        table.add_row(
-            name + default,
-            entry["file"],
-            f"{entry['size'] / 1e6:.1f}",
-            entry["sha256"],
-            entry.get("trained_on", ""),
-            entry.get("validation", ""),
-        )
-    Console().print(table)
+    entries = sorted(manifest["files"].items())
+    if as_json:
+        listed = [{"name": name, "default": name == manifest.get("default"), **entry} for name, entry in entries]
+        click.echo(json.dumps(listed, indent=2))
+        return
+    console = Console()
+    console.print(f"Shipped weights in {escape(str(shipped_dir()))}", soft_wrap=True)
+    for name, entry in entries:  # one block each: the checksum stays on one line at 80 columns
+        default = " [bold](default)[/]" if name == manifest.get("default") else ""
+        console.print(f"\n[bold]{escape(name)}[/]{default}  {escape(entry['file'])}, {entry['size'] / 1e6:.1f} MB")
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row("sha256", entry["sha256"])
+        for label, key in (("trained on", "trained_on"), ("validation", "validation")):
+            if entry.get(key):
+                grid.add_row(label, escape(entry[key]))
+        console.print(grid)

@@ -168,8 +168,9 @@ def test_batched_frames_match_one_at_a_time(tiny_weights) -> None:
         assert np.allclose(result.attention[-1], alone.attention[-1], atol=1e-4)
 
 
-def test_clean_frames_yields_one_frame_per_input(tiny_weights) -> None:
-    derainer = Derainer(tiny_weights, device="cpu")
+@pytest.mark.parametrize("working_size", [None, 32])  # 32: frames derained at 42×32, fused at full size
+def test_clean_frames_yields_one_frame_per_input(tiny_weights, working_size) -> None:
+    derainer = Derainer(tiny_weights, device="cpu", working_size=working_size)
     frames = panning(4, 64, 48)
     fused = list(derainer.clean_frames(iter(frames)))
     single = list(derain_frames(derainer, frames, fuse_frames=False))

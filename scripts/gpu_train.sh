@@ -64,10 +64,10 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # other process renders night shots at 40 % (renderer 3.5's bokeh discs, which the shipped
   # weights still leave). Drop-focused shots stay at the default 20 %: at 30-50 % of the renders,
   # 800-1,000 CPU steps from derain-v13 collapsed its attention map (weights/README.md). The first
-  # SMALL_CORES processes (default half) render small dense drops instead, a third as many (each
-  # takes ~3x as long): the drops the shipped weights miss, the only data that lifted the real
-  # pairs in a CPU fine-tune (weights/README.md, "Small dense drops"). SETS adds renderer
-  # settings to every process, e.g. SETS="haze_prob=0.2 night_prob=0.1"
+  # SMALL_CORES processes (default half) render small dense drops instead, a quarter as many (each
+  # takes 3-5x as long; the renders end inside gpu_bench.sh's 230 s): the drops the shipped weights
+  # miss, the only data that lifted the real pairs in a CPU fine-tune (weights/README.md, "Small
+  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
   local small=${SMALL_CORES:-$((cores / 2))}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done
@@ -75,7 +75,7 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
     local rich=() count=$((renders / cores))
     if ((i < small)); then
       rich=(--set radius=2,9 --set coverage=0.25,0.6 --set large_drop_prob=0 --set max_drops=4000)
-      count=$((count / 3))
+      count=$((count / 4))
     elif ((i % 2)); then
       rich=(--set night_prob=0.4)
     fi

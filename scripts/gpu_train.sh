@@ -57,6 +57,20 @@ WORK=${WORK:-/tmp/derain_gpu}  # renders and runs; a folder in the checkout surv
 DERAIN=(python3 -m derain)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
+render_v2() {  # DATA OUT COUNT SPLIT SEED: renderer-v2 pairs from DATA/synth_v2.py (`pack` writes it)
+  python3 - "$@" <<'EOF3'
+import sys
+from pathlib import Path
+
+data, out, count, split, seed = sys.argv[1:]
+sys.path.insert(0, data)
+import synth_v2
+
+photos = synth_v2.list_photos(Path(data) / "clean", split)
+synth_v2.synthesize_dataset(photos, Path(out), int(count), (720, 480), seed=int(seed))
+EOF3
+}
+
 render() {  # DATA: training and validation renders into $WORK, on $CORES processes (default: all)
   local data=$1
   mkdir -p "$WORK"
@@ -84,16 +98,7 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   done
   local v2=$((renders * ${V2_PERCENT:-15} / 100))  # V2_PERCENT more pairs from renderer v2, if packed
   if [ -f "$data/synth_v2.py" ] && ((v2 > 0)); then
-    python3 - "$data" "$WORK/train${cores}v2" "$v2" <<'EOF3' &
-import sys
-from pathlib import Path
-
-sys.path.insert(0, sys.argv[1])
-import synth_v2
-
-photos = synth_v2.list_photos(Path(sys.argv[1]) / "clean", "train")
-synth_v2.synthesize_dataset(photos, Path(sys.argv[2]), int(sys.argv[3]), (720, 480), seed=600)
-EOF3
+    render_v2 "$data" "$WORK/train${cores}v2" "$v2" train 600 &
   fi
   "${DERAIN[@]}" synth "$data/clean" -o "$WORK/val" --count 48 --split val --seed 1000 > /dev/null
   wait
@@ -138,16 +143,7 @@ rule_sets() {  # DATA: the ship rule's drop-free photos and renderer-v2 validati
   [ -d "$WORK/dropfree" ] || "${DERAIN[@]}" synth "$data/clean" -o "$WORK/dropfree" --count 23 --split val \
     --seed 3000 --set empty_prob=1 --set drop_focus_prob=0 --set night_prob=0 > /dev/null
   if [ -f "$data/synth_v2.py" ] && [ ! -d "$WORK/v2val" ]; then
-    python3 - "$data" "$WORK/v2val" <<'EOF4'
-import sys
-from pathlib import Path
-
-sys.path.insert(0, sys.argv[1])
-import synth_v2
-
-photos = synth_v2.list_photos(Path(sys.argv[1]) / "clean", "val")
-synth_v2.synthesize_dataset(photos, Path(sys.argv[2]), 48, (720, 480), seed=1000)
-EOF4
+    render_v2 "$data" "$WORK/v2val" 48 val 1000
   fi
 }
 

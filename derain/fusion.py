@@ -18,8 +18,9 @@ chained camera motions to the frames in between, so large displacements are foll
 
 A frame's flows and its neighbours' warps are independent of each other, and OpenCV and NumPy
 release the GIL for them, so they run on a pool of threads: behind a GPU, fusion on one core
-was the bottleneck. Each result is summed in a fixed order, so the output does not depend on the
-number of threads.
+was the bottleneck. Several frames are fused at once, since one frame's work waits on its
+slowest flow and leaves cores idle. Each result is summed in a fixed order, so the output does
+not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -57,6 +58,8 @@ FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
 """Camera-motion fit: every 4th pixel of the clear scene, at least 40 of them, RANSAC within 1 px."""
 MAX_WORKERS = 8
 """Threads fusion uses at most: a frame has at most 2·log2(window) + 2 neighbours to work on."""
+FRAMES_IN_FLIGHT = 4
+"""Frames fused at once at most (never more than the threads): each holds its own sums."""
 
 
 def neighbour_offsets(radius: int) -> list[int]:
@@ -138,12 +141,16 @@ class FlowField:
         self.cache.update(zip(pairs, pool.map(lambda pair: self._compute(*pair), pairs)))
 
     def forget_before(self, index: int) -> None:
-        """Drop frames older than ``index`` and the flows that involve them (memory stays bounded)."""
+        """Drop frames older than ``index`` and the flows that involve them (memory stays bounded).
+
+        Frames being fused meanwhile add flows on other threads: the keys are copied first
+        (``list`` of a dict is atomic), and none of those flows involve frames before ``index``.
+        """
         for store in (self.grays, self.trust):
-            for i in [i for i in store if i < index]:
+            for i in [i for i in list(store) if i < index]:
                 del store[i]
         for cache in (self.cache, self.steps):
-            for key in [k for k in cache if min(k) < index]:
+            for key in [k for k in list(cache) if min(k) < index]:
                 del cache[key]
 
     def camera(self, a: int, b: int) -> np.ndarray:
@@ -290,43 +297,69 @@ def fuse(
 ) -> Iterator[np.ndarray]:
     """Fused frames, one per input, in order, from (input frame, derained frame, attention map) triples.
 
-    Holds at most 2·radius + 1 frames: each frame is released once its farthest neighbour arrived.
-    ``radius`` 0 returns the derained frames unchanged. ``workers`` threads (default: the CPU
-    count, at most :data:`MAX_WORKERS`) share each frame's work; the output is the same for any.
+    Holds at most 2·radius + :data:`FRAMES_IN_FLIGHT` frames: each frame is released once its
+    farthest neighbour arrived and the frames before it are out. ``radius`` 0 returns the derained
+    frames unchanged. ``workers`` threads (default: the CPU count, at most :data:`MAX_WORKERS`)
+    share the work of up to as many frames at once (at most :data:`FRAMES_IN_FLIGHT`); the output
+    is the same for any number.
     """
     if radius < 0:
         raise ValueError("the fusion radius must be ≥ 0")
     if radius == 0:
         yield from (image for _, image, _ in restorations)
         return
-    with ThreadPoolExecutor(workers or min(MAX_WORKERS, os.cpu_count() or 1), "derain-fuse") as pool:
-        yield from _fuse(restorations, radius, pool)
+    workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
+    in_flight = min(FRAMES_IN_FLIGHT, workers)
+    with (
+        ThreadPoolExecutor(workers, "derain-fuse") as pool,
+        ThreadPoolExecutor(in_flight, "derain-fuse-frame") as frame_pool,
+    ):
+        yield from _fuse(restorations, radius, pool, frame_pool, in_flight)
 
 
 def _fuse(
-    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: int, pool: Executor
+    restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    radius: int,
+    pool: Executor,
+    frame_pool: Executor,
+    in_flight: int,
 ) -> Iterator[np.ndarray]:
     frames: dict[int, np.ndarray] = {}
     drops: dict[int, np.ndarray] = {}
     flows = FlowField()
-    pending: deque[int] = deque()
+    ready: deque[int] = deque()  # frames whose neighbours have all arrived, not yet started
+    running: deque[tuple[int, Future[np.ndarray]]] = deque()
     offsets = neighbour_offsets(radius)
 
-    def emit(current: int) -> np.ndarray:
+    def start(current: int) -> None:
         near = {i: frames[i] for i in [current, *(current + k for k in offsets)] if i in frames}
-        fused = fuse_frame(current, near, {i: drops[i] for i in near}, flows, pool)
-        oldest = current - radius + 1
+        near_drops = {i: drops[i] for i in near}
+        running.append((current, frame_pool.submit(fuse_frame, current, near, near_drops, flows, pool)))
+
+    def finish() -> np.ndarray:
+        """The oldest running frame's output; what no later frame needs is released."""
+        current, future = running.popleft()
+        fused = future.result()
+        oldest = current - radius + 1  # every later frame's farthest neighbour back
         for store in (frames, drops):
             for i in [i for i in store if i < oldest]:
                 del store[i]
         flows.forget_before(oldest)
         return fused
 
-    for index, (rainy, image, att) in enumerate(restorations):
-        frames[index], drops[index] = image, drop_map(rainy, image, att)
-        flows.add(index, luma8(image), drops[index])
-        pending.append(index)
-        if pending[0] + radius <= index:
-            yield emit(pending.popleft())
-    while pending:
-        yield emit(pending.popleft())
+    try:
+        for index, (rainy, image, att) in enumerate(restorations):
+            frames[index], drops[index] = image, drop_map(rainy, image, att)
+            flows.add(index, luma8(image), drops[index])
+            ready.append(index)
+            if ready[0] + radius <= index:
+                start(ready.popleft())
+            if len(running) >= in_flight:
+                yield finish()
+        while ready or running:
+            while ready and len(running) < in_flight:
+                start(ready.popleft())
+            yield finish()
+    finally:
+        for _, future in running:  # a consumer that stops early: nothing left running on its frames
+            future.cancel()

@@ -8,7 +8,7 @@ import pytest
 
 from derain.engine import Derainer
 from derain.frames import derain_frames
-from derain.fusion import fuse, neighbour_offsets
+from derain.fusion import FRAMES_IN_FLIGHT, fuse, neighbour_offsets
 from derain.video_eval import consecutive_flows, flicker
 
 SHIFT = 3  # pixels the scene moves left per frame
@@ -108,6 +108,7 @@ def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> 
 
 
 def test_fusion_gives_the_same_frames_on_any_number_of_threads() -> None:
+    """Four threads also fuse four frames at once; one thread fuses one frame at a time."""
     truth = panning(9)
     attention = np.zeros(truth[0].shape[:2], np.float32)
     attention[30:42, 40:52] = 1.0
@@ -121,6 +122,25 @@ def test_fusion_gives_the_same_frames_on_any_number_of_threads() -> None:
 
     assert all(np.array_equal(a, b) for a, b in zip(one, four))
     assert sum(not np.array_equal(a, d) for a, d in zip(one, damaged)) >= 7, "fusion filled the patch"
+
+
+def test_fusion_reads_only_a_window_of_frames_ahead_of_what_it_gave_out() -> None:
+    frames = panning(24)
+    attention = np.zeros(frames[0].shape[:2], np.float32)
+    attention[30:42, 40:52] = 1.0
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for f in frames:
+            pulled += 1
+            yield f, f, attention
+
+    lags = [pulled - given for given, _ in enumerate(fuse(source(), radius=2, workers=4))]
+
+    assert len(lags) == len(frames)
+    assert max(lags) <= 2 + FRAMES_IN_FLIGHT  # the radius ahead, and the frames being fused
+    assert max(lags) > 2 + 1, "several frames were fused at once"
 
 
 def test_neighbours_are_powers_of_two_up_to_the_window() -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the README's Performance section, in one go (about 4 minutes on an H100).
+# The GPU figures of the README's Performance section, in one go (on an H100 with an idle host,
+# `video` takes about 4 minutes and `network` about 2).
 # Usage: scripts/gpu_bench.sh [OUTDIR [PART...]]   PARTs: network, video (default: both, in that order)
 # Needs `derain` on PATH and PyAV (the [video] extra). The lent GPU machine has neither and
 # cannot download: carry PyAV as an xz tarball of its wheel's contents (25 MB; the wheel is 36),

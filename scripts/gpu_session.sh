@@ -15,7 +15,9 @@
 #   what the first call brought and rendered stays there while the machine is warm
 # RUNS lists NAME:IDENTITY pairs (drop-free crop share), trained at once on the one GPU; LR,
 # UNPAIRED and SETS pass through to gpu_train.sh. Score what comes back here with the ship rule
-# (weights/README.md) before anything ships.
+# (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md, "A second GPU run")
+# `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with the default RUNS took 484 s, the video
+# bench cut at its 230 s before the 1080p clips: rerun `scripts/gpu_bench.sh OUT video` alone.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu
 out=$1 stage=$WORK/report  # OUT gets only what comes back (below)

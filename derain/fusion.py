@@ -2,13 +2,15 @@
 
 Drops sit on the glass while the scene moves behind them, so after warping a neighbour onto the
 current frame, a pixel this frame's drop map calls "drop" may land where the neighbour's says
-"clear". There the neighbour's pixel is taken, weighted by how clear it is there, by
-forward-backward flow consistency and by how well the warped neighbour matches the frame around
-there; everywhere else the single-frame output stays as it was. The drop map joins the model's
-attention with where the model changed the input: the attention misses faint residue and
-wet-glass veils that the model still (partly) removed. A static camera keeps the drops over the
-same scene in every frame, so no neighbour sees more and the result is the single-frame output:
-fusion never invents change.
+"clear". There the pixel moves towards the neighbours' consensus, each neighbour weighted by how
+clear it is there, by forward-backward flow consistency and by how well the warped neighbour
+matches the frame around there; everywhere else the single-frame output stays as it was. The
+drop map joins the model's attention with where the model changed the input (the attention
+misses faint residue and wet-glass veils that the model still partly removed) and with what the
+neighbours show: a drop the model neither saw nor touched still stays at one place in the frame
+while the scene moves, so the frame differs there from its warped neighbours and matches them
+unwarped. A static camera keeps the drops over the same scene in every frame, so no neighbour
+sees more and the result is the single-frame output: fusion never invents change.
 
 A drop as wide as a tenth of the frame needs the scene to move that far before a neighbour
 sees behind it, which takes a slow pan many frames. So the neighbours are not the adjacent
@@ -29,6 +31,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -50,8 +53,27 @@ CHANGE_BLUR = 1.5
 """Pixels of Gaussian blur on that change first: noise and single-pixel edges are no drops."""
 DROP_GROW = 0.006
 """Drop maps are widened by this fraction of the frame width: a blob's soft rim is drop too."""
-SELF_WEIGHT_FLOOR = 0.02
-"""Weight the frame's own output keeps under a drop, so it wins where no neighbour saw clearer."""
+LUMA = np.float32([0.299, 0.587, 0.114])
+"""Rec. 601 luma weights of RGB (as OpenCV's gray), for comparing neighbours."""
+MISMATCH_BLUR = 2.0
+"""Pixels (at flow resolution) of Gaussian blur on squared differences between frames: noise and
+warp jitter average out."""
+STUCK_FLOOR, STUCK_SPREAD = 1.6, 0.5
+"""A frame differs from its warped neighbours by a drop when the RMS 8-bit colour difference
+exceeds this floor and this share of the neighbours' own spread (median absolute deviation)."""
+STUCK_AGREEING = 0.4
+"""Share of the neighbours (at least one) that may look like the frame at a stuck drop: the near
+frames see a wide drop where the frame does, since the scene moved less than its width."""
+STILL_FLOOR, STILL_LOW, STILL_HIGH, STILL_VOTES = 3.2, 0.5, 0.75, 2
+"""A neighbour matches unwarped better (what is stuck on the glass) by the ratio warped / (warped +
+unwarped + 3.2² mean squared difference); the second highest (two neighbours agree) counts from
+0.5 (nothing: what moves on its own matches neither way, about 0.5) to 0.75 (stuck)."""
+MOVED_FULL = 3.0
+"""Pixels the scene must move between two frames before their unwarped match says anything."""
+CONSENSUS_TOLERANCE = 40.0
+"""8-bit luma distance from the neighbours' median at which a neighbour's weight falls to 1/e."""
+SUPPORT_HALF = 0.05
+"""Summed neighbour weight at which a drop pixel moves halfway to the neighbours' consensus."""
 DROP_MARGIN = 9
 """Pixels (at flow resolution) around a drop whose flow is also distrusted: DIS blocks straddle the edge."""
 FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
@@ -226,16 +248,19 @@ def consistency(flows: FlowField, a: int, b: int) -> np.ndarray:
     return np.exp(-((error / CONSISTENCY) ** 2)) * inside
 
 
-def agreement(flows: FlowField, a: int, b: int) -> np.ndarray:
+def agreement(flows: FlowField, a: int, b: int, stuck: np.ndarray | None = None) -> np.ndarray:
     """0…1 per pixel of frame a (flow resolution): does frame b, warped onto a, look like a around here?
 
     The luma difference where both frames are clear, averaged over a neighbourhood the size of a
     large drop, so a drop's pixels are judged by their surroundings. A homography is wrong where
     the scene has depth (parallax) or moves on its own, and forward-backward consistency of two
-    homographies cannot see it; this can.
+    homographies cannot see it; this can. ``stuck`` (flow resolution): a's drops that only the
+    neighbours found (:func:`stuck_map`), which are no scene either.
     """
     seen, _ = warp(flows.grays[b].astype(np.float32), flows.flow(a, b))
     clear = flows.trust[a] * warp(flows.trust[b], flows.flow(a, b))[0]
+    if stuck is not None:
+        clear *= 1.0 - stuck
     difference = np.abs(flows.grays[a].astype(np.float32) - seen)
     sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
     support = cv2.GaussianBlur(clear, (0, 0), sigma)
@@ -245,19 +270,89 @@ def agreement(flows: FlowField, a: int, b: int) -> np.ndarray:
     return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
 
 
+class Neighbour(NamedTuple):
+    """A neighbour frame as the current frame sees it.
+
+    The image is at the frame's size; its weights and the statistics that find stuck drops are
+    at flow resolution (they are smooth anyway, and a 720p frame's cost a quarter as much).
+    """
+
+    seen: np.ndarray
+    """The neighbour warped onto the current frame (H×W×3, its own dtype: a quarter of float's memory)."""
+    clear: np.ndarray
+    """0…1: it saw the scene there clear (its drop map) and the flow leads back (forward-backward;
+    flow resolution)."""
+    mismatch: np.ndarray
+    """Mean squared colour difference from the current frame, blurred (flow resolution)."""
+    still: np.ndarray
+    """0…1: how much better it matches the current frame unwarped than warped (what stays put on
+    the glass matches unwarped), times how far the scene moved in between (up to :data:`MOVED_FULL`)."""
+    luma: np.ndarray
+    """Luma of ``seen`` (flow resolution)."""
+
+
+def _levels(image: np.ndarray) -> np.ndarray:
+    """A uint8/uint16 frame as float32 in 8-bit levels: fusion's thresholds hold for both."""
+    return image.astype(np.float32) * np.float32(255 / np.iinfo(image.dtype).max)
+
+
+def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``image`` at ``shape``'s height and width (area-averaged down, linear up); as it is if it has that size."""
+    h, w = shape[:2]
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = w < image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _mean_square(difference: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(np.mean(difference * difference, axis=2), (0, 0), MISMATCH_BLUR)
+
+
 def _neighbour(
-    current: int, other: int, frames: dict[int, np.ndarray], drops: dict[int, np.ndarray], flows: FlowField
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frame ``other`` warped onto ``current`` (float32) and how far to believe it at each pixel:
-    it saw the scene there clear (its drop map), the flow leads back (forward-backward) and the
-    warped frame matches this one around there."""
-    h, w = frames[current].shape[:2]
-    forward = full_size(flows.flow(current, other), h, w)
-    confidence = consistency(flows, current, other) * agreement(flows, current, other)
-    trusted = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_LINEAR)
-    seen, _ = warp(frames[other].astype(np.float32), forward)
-    theirs, _ = warp(drops[other], forward)
-    return seen, (1.0 - theirs) * trusted
+    own: np.ndarray,
+    own_small: np.ndarray,
+    current: int,
+    other: int,
+    frames: dict[int, np.ndarray],
+    drops: dict[int, np.ndarray],
+    flows: FlowField,
+) -> Neighbour:
+    """Frame ``other`` as frame ``current`` sees it (``own``: float32 in 8-bit levels, and at flow resolution)."""
+    flow = flows.flow(current, other)
+    forward = full_size(flow, *own.shape[:2])
+    seen, _ = warp(frames[other], forward)
+    covered, _ = warp(_resized(drops[other], flow.shape), flow)
+    seen_small = _levels(_resized(seen, flow.shape))
+    mismatch = _mean_square(own_small - seen_small)
+    pixels = own.shape[1] / flow.shape[1]  # frame pixels per flow pixel
+    moved = np.clip(np.linalg.norm(flow, axis=2) * (pixels / MOVED_FULL), 0.0, 1.0)
+    unwarped = _mean_square(own_small - _levels(_resized(frames[other], flow.shape)))
+    still = moved * mismatch / (mismatch + unwarped + STILL_FLOOR**2)
+    return Neighbour(seen, (1.0 - covered) * consistency(flows, current, other), mismatch, still, seen_small @ LUMA)
+
+
+def stuck_map(neighbours: list[Neighbour], typical: np.ndarray) -> np.ndarray:
+    """Where the frame shows something that stays on the glass while the scene moves, 0…1 (float32,
+    flow resolution).
+
+    These are the drops the model left in place and did not see (its attention and its change
+    are blind to them, so :func:`drop_map` is too): the frame differs there from most of its
+    warped neighbours (all but :data:`STUCK_AGREEING` of them) by more than they differ among
+    themselves (about their median luma, ``typical``), and at least :data:`STILL_VOTES`
+    neighbours that moved match it far better unwarped — the thing stayed at the same place in
+    the frame. Something moving on its own matches neither way, so it stays.
+    """
+    if len(neighbours) < max(2, STILL_VOTES):
+        return np.zeros_like(neighbours[0].mismatch)
+    rank = max(1, int(STUCK_AGREEING * len(neighbours)))
+    mismatch = np.partition(np.stack([n.mismatch for n in neighbours]), rank, axis=0)[rank]
+    deviation = np.median(np.abs(np.stack([n.luma for n in neighbours]) - typical), axis=0)
+    spread = cv2.GaussianBlur(deviation, (0, 0), MISMATCH_BLUR)
+    expected = STUCK_SPREAD**2 * spread * spread + STUCK_FLOOR**2
+    outlier = np.clip(1.0 - expected / np.maximum(mismatch, 1e-6), 0.0, 1.0)
+    stillness = np.partition(np.stack([n.still for n in neighbours]), -STILL_VOTES, axis=0)[-STILL_VOTES]
+    return (outlier * _smooth_step(stillness, STILL_LOW, STILL_HIGH)).astype(np.float32)
 
 
 def fuse_frame(
@@ -269,25 +364,39 @@ def fuse_frame(
 ) -> np.ndarray:
     """Frame ``current`` with drop pixels taken from the neighbours in ``frames`` that saw them clear.
 
-    Where this frame's drop map (:func:`drop_map`) is high, each neighbour's warped pixel counts
-    as much as it saw the scene there clear and its flow holds; the frame's own output keeps a
-    small weight, so it stays wherever no neighbour saw more. Elsewhere the output is its own.
-    The ``pool``'s threads compute the flows and the neighbours' warps.
+    Drops are where this frame's drop map (:func:`drop_map`) or the neighbours (:func:`stuck_map`)
+    say so. There the frame's pixel moves towards the neighbours' consensus: their warped pixels
+    weighted by how far each saw the spot clear, its flow holds and its look agrees with this
+    frame's around there (:func:`agreement`, which leaves out the frame's stuck drops), and by
+    how close each is to the neighbours' median (a neighbour's own missed drop is outvoted). The
+    more weight the neighbours bring, the further it moves; elsewhere the output is the frame's
+    own. The ``pool``'s threads compute the flows and the neighbours' warps.
     """
     image = frames[current]
-    here = drops[current]
-    if not here.any():
-        return image
     others = [other for other in frames if other != current]
+    if not others:
+        return image
     flows.prepare([pair for other in others for pair in ((current, other), (other, current))], pool)
-    contributions = pool.map(lambda other: _neighbour(current, other, frames, drops, flows), others)
-    keep = np.maximum(1.0 - here, SELF_WEIGHT_FLOOR)
-    total = keep[..., None] * image.astype(np.float32)
-    weight = keep.copy()
-    for seen, belief in contributions:  # in the neighbours' order, whatever the threads' timing
-        total += (here * belief)[..., None] * seen
-        weight += here * belief
-    return np.clip(np.rint(total / weight[..., None]), 0, np.iinfo(image.dtype).max).astype(image.dtype)
+    own = _levels(image)
+    own_small = _resized(own, flows.grays[current].shape)
+    neighbours = list(pool.map(lambda other: _neighbour(own, own_small, current, other, frames, drops, flows), others))
+    typical = np.median(np.stack([n.luma for n in neighbours]), axis=0)
+    stuck = stuck_map(neighbours, typical)
+    drop = np.maximum(drops[current], _resized(stuck, own.shape))
+    if not drop.any():
+        return image
+    agrees = pool.map(lambda other: agreement(flows, current, other, stuck), others)
+    total = np.zeros_like(own)
+    support = np.zeros_like(drop)
+    for n, agree in zip(neighbours, agrees):  # in the neighbours' order, whatever the threads' timing
+        close = np.exp(-(((n.luma - typical) / CONSENSUS_TOLERANCE) ** 2))
+        weight = _resized(n.clear * agree * close, own.shape)
+        total += weight[..., None] * _levels(n.seen)
+        support += weight
+    consensus = total / np.maximum(support, 1e-6)[..., None]
+    share = drop * support / (support + SUPPORT_HALF)
+    fused = (own + share[..., None] * (consensus - own)) * np.float32(np.iinfo(image.dtype).max / 255)
+    return np.clip(np.rint(fused), 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
 def fuse(

@@ -59,6 +59,49 @@ def test_where_the_model_changed_the_input_counts_as_drop_though_the_attention_m
     assert before > 30 and after < before / 4
 
 
+def test_a_drop_the_model_left_unseen_is_found_by_how_it_stays_on_the_glass() -> None:
+    truth = panning(9)
+    patch = (slice(30, 36), slice(40, 46))
+    damaged = [f.copy() for f in truth]
+    for f in damaged:
+        f[patch] = 230  # the model left the drop as it was, in every frame
+    blind = np.zeros(truth[0].shape[:2], np.float32)  # neither its attention nor its change saw it
+
+    fused = list(fuse([(f, f, blind) for f in damaged], radius=4))
+
+    before = np.abs(damaged[4][patch].astype(int) - truth[4][patch]).mean()
+    after = np.abs(fused[4][patch].astype(int) - truth[4][patch]).mean()
+    assert before > 30 and after < before / 4
+
+
+def test_something_moving_on_its_own_is_no_drop() -> None:
+    frames = panning(9)
+    for t, f in enumerate(frames):  # a small bright thing crossing the scene against the pan
+        f[30:36, 20 + 5 * t : 26 + 5 * t] = 230
+    blind = np.zeros(frames[0].shape[:2], np.float32)
+
+    fused = list(fuse([(f, f, blind) for f in frames], radius=4))
+
+    thing = (slice(28, 38), slice(38, 48))  # where it is in frame 4, and around it
+    assert np.abs(fused[4][thing].astype(int) - frames[4][thing]).mean() < 2
+
+
+def test_sixteen_bit_frames_fuse_as_their_eight_bit_twins() -> None:
+    truth = panning(9)
+    damaged = [f.copy() for f in truth]
+    for f in damaged:
+        f[30:36, 40:46] = 230  # a drop the model missed: found by thresholds in 8-bit levels
+    blind = np.zeros(truth[0].shape[:2], np.float32)
+
+    eight = list(fuse([(f, f, blind) for f in damaged], radius=4))
+    deep = [f.astype(np.uint16) * 257 for f in damaged]
+    sixteen = list(fuse([(f, f, blind) for f in deep], radius=4))
+
+    assert all(f.dtype == np.uint16 for f in sixteen)
+    assert np.abs(sixteen[4] / 257.0 - eight[4]).max() <= 1.0
+    assert np.abs(eight[4].astype(int) - damaged[4]).max() > 30, "the drop was filled"
+
+
 def test_frames_across_a_cut_lend_nothing() -> None:
     truth = panning(5) + panning(4, seed=2)  # a cut to another shot after frame 4
     patch = (slice(30, 38), slice(40, 48))

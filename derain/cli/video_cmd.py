@@ -85,11 +85,13 @@ def video_cmd(
 
     Drops stay put on the glass while the scene moves behind them: where a drop hides
     something in one frame, a neighbouring frame that saw it clearly lends its pixels
-    (optical flow, on by default). Fusion asks the frames 1, 2, 4, 8 and 16 away on each side
-    (--window), far enough for a slow pan to uncover what a large drop hides; only about
-    2·N frames are held. Frame count, frame rate, timestamps, size, colour tags and
-    rotation are kept; audio and subtitles are copied untouched; video is encoded as H.264.
-    Anything FFmpeg reads works (mp4, mov, mkv, avi, webm …).
+    (optical flow, on by default); a drop the model missed is found by how it stays in place
+    while the scene moves, and things moving on their own are left alone. Fusion asks the
+    frames 1, 2, 4, 8 and 16 away on each side (--window), far enough for a slow pan to
+    uncover what a large drop hides; only about 2·N frames are held. Frame count, frame rate,
+    timestamps, size, colour tags and rotation are kept; audio and subtitles are copied
+    untouched; video is encoded as H.264. Anything FFmpeg reads works (mp4, mov, mkv, avi,
+    webm …).
 
     \b
     Examples:

@@ -196,16 +196,17 @@ class Derainer:
         return self.run(image, with_attention=True).attention
 
     def clean_frames(
-        self, frames: Iterable[np.ndarray], fuse: bool = True, window: int = DEFAULT_RADIUS
+        self, frames: Iterable[np.ndarray], fuse: bool = True, window: int = DEFAULT_RADIUS, find_missed: bool = True
     ) -> Iterator[np.ndarray]:
         """Clean a stream of video frames (H×W×3 RGB), one out per frame in, in order.
 
         With ``fuse``, pixels a drop hides are taken from frames up to ``window`` away on each
         side where those saw them clearly (see :mod:`derain.fusion`); only a window of frames is held.
+        ``find_missed=False`` fuses only where the model saw drops.
         """
         from .frames import derain_frames  # frames builds on this module
 
-        return derain_frames(self, frames, fuse, window)
+        return derain_frames(self, frames, fuse, window, find_missed=find_missed)
 
     def run(self, image: np.ndarray, with_attention: bool = False) -> Restoration:
         """Clean an image and, optionally, return the attention maps from the same pass."""

@@ -84,14 +84,16 @@ def derain_frames(
     fuse_frames: bool = True,
     radius: int = DEFAULT_RADIUS,
     batch: int | None = None,
+    find_missed: bool = True,
 ) -> Iterator[np.ndarray]:
-    """Each frame (H×W×3 RGB uint8/uint16) derained, fused with its ``radius`` neighbours on each side."""
+    """Each frame (H×W×3 RGB uint8/uint16) derained, fused with its ``radius`` neighbours on each
+    side (``find_missed``: see :func:`~derain.fusion.fuse`)."""
     restored = restore_frames(derainer, frames, batch)
     if not fuse_frames:
         yield from (r.image for _, r in restored)
         return
     ahead = Prefetch(((f, r.image, r.attention[-1]) for f, r in restored), "derain-model")
     try:
-        yield from fuse(ahead, radius)
+        yield from fuse(ahead, radius, find_missed=find_missed)
     finally:
         ahead.close()

@@ -305,8 +305,12 @@ def _resized(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def _blurred(plane: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(plane, (0, 0), MISMATCH_BLUR)
+
+
 def _mean_square(difference: np.ndarray) -> np.ndarray:
-    return cv2.GaussianBlur(np.mean(difference * difference, axis=2), (0, 0), MISMATCH_BLUR)
+    return _blurred(np.mean(difference * difference, axis=2))
 
 
 def _neighbour(
@@ -329,7 +333,8 @@ def _neighbour(
     moved = np.clip(np.linalg.norm(flow, axis=2) * (pixels / MOVED_FULL), 0.0, 1.0)
     unwarped = _mean_square(own_small - _levels(_resized(frames[other], flow.shape)))
     still = moved * mismatch / (mismatch + unwarped + STILL_FLOOR**2)
-    return Neighbour(seen, (1.0 - covered) * consistency(flows, current, other), mismatch, still, seen_small @ LUMA)
+    clear = (1.0 - covered) * consistency(flows, current, other)
+    return Neighbour(seen, clear, mismatch, still, seen_small @ LUMA)
 
 
 def stuck_map(neighbours: list[Neighbour], typical: np.ndarray) -> np.ndarray:
@@ -341,14 +346,18 @@ def stuck_map(neighbours: list[Neighbour], typical: np.ndarray) -> np.ndarray:
     warped neighbours (all but :data:`STUCK_AGREEING` of them) by more than they differ among
     themselves (about their median luma, ``typical``), and at least :data:`STILL_VOTES`
     neighbours that moved match it far better unwarped — the thing stayed at the same place in
-    the frame. Something moving on its own matches neither way, so it stays.
+    the frame. Something moving on its own matches neither way, so it stays. Something that
+    moves with the camera (a car's bonnet, a burned-in timestamp) is stuck in this sense too:
+    its inside stays, since every neighbour shows it there as well, but along its sharp edges
+    the warped neighbours disagree with the frame and a fringe may appear (``find_missed=False``
+    in :func:`fuse` turns this map off).
     """
     if len(neighbours) < max(2, STILL_VOTES):
         return np.zeros_like(neighbours[0].mismatch)
     rank = max(1, int(STUCK_AGREEING * len(neighbours)))
     mismatch = np.partition(np.stack([n.mismatch for n in neighbours]), rank, axis=0)[rank]
     deviation = np.median(np.abs(np.stack([n.luma for n in neighbours]) - typical), axis=0)
-    spread = cv2.GaussianBlur(deviation, (0, 0), MISMATCH_BLUR)
+    spread = _blurred(deviation)
     expected = STUCK_SPREAD**2 * spread * spread + STUCK_FLOOR**2
     outlier = np.clip(1.0 - expected / np.maximum(mismatch, 1e-6), 0.0, 1.0)
     stillness = np.partition(np.stack([n.still for n in neighbours]), -STILL_VOTES, axis=0)[-STILL_VOTES]
@@ -361,16 +370,18 @@ def fuse_frame(
     drops: dict[int, np.ndarray],
     flows: FlowField,
     pool: Executor,
+    find_missed: bool = True,
 ) -> np.ndarray:
     """Frame ``current`` with drop pixels taken from the neighbours in ``frames`` that saw them clear.
 
-    Drops are where this frame's drop map (:func:`drop_map`) or the neighbours (:func:`stuck_map`)
-    say so. There the frame's pixel moves towards the neighbours' consensus: their warped pixels
-    weighted by how far each saw the spot clear, its flow holds and its look agrees with this
-    frame's around there (:func:`agreement`, which leaves out the frame's stuck drops), and by
-    how close each is to the neighbours' median (a neighbour's own missed drop is outvoted). The
-    more weight the neighbours bring, the further it moves; elsewhere the output is the frame's
-    own. The ``pool``'s threads compute the flows and the neighbours' warps.
+    Drops are where this frame's drop map (:func:`drop_map`) or, with ``find_missed``, the
+    neighbours (:func:`stuck_map`) say so. There the frame's pixel moves towards the neighbours'
+    consensus: their warped pixels weighted by how far each saw the spot clear, its flow holds
+    and its look agrees with this frame's around there (:func:`agreement`, which leaves out the
+    frame's stuck drops), and by how close each is to the neighbours' median (a neighbour's own
+    missed drop is outvoted). The more weight the neighbours bring, the further it moves;
+    elsewhere the output is the frame's own. The ``pool``'s threads compute the flows and the
+    neighbours' warps.
     """
     image = frames[current]
     others = [other for other in frames if other != current]
@@ -381,7 +392,7 @@ def fuse_frame(
     own_small = _resized(own, flows.grays[current].shape)
     neighbours = list(pool.map(lambda other: _neighbour(own, own_small, current, other, frames, drops, flows), others))
     typical = np.median(np.stack([n.luma for n in neighbours]), axis=0)
-    stuck = stuck_map(neighbours, typical)
+    stuck = stuck_map(neighbours, typical) if find_missed else np.zeros_like(typical)
     drop = np.maximum(drops[current], _resized(stuck, own.shape))
     if not drop.any():
         return image
@@ -403,6 +414,7 @@ def fuse(
     restorations: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     radius: int = DEFAULT_RADIUS,
     workers: int | None = None,
+    find_missed: bool = True,
 ) -> Iterator[np.ndarray]:
     """Fused frames, one per input, in order, from (input frame, derained frame, attention map) triples.
 
@@ -410,7 +422,8 @@ def fuse(
     farthest neighbour arrived and the frames before it are out. ``radius`` 0 returns the derained
     frames unchanged. ``workers`` threads (default: the CPU count, at most :data:`MAX_WORKERS`)
     share the work of up to as many frames at once (at most :data:`FRAMES_IN_FLIGHT`); the output
-    is the same for any number.
+    is the same for any number. ``find_missed`` also fuses where the neighbours show drops the
+    model missed (:func:`stuck_map`); without it, only where the model saw drops.
     """
     if radius < 0:
         raise ValueError("the fusion radius must be ≥ 0")
@@ -423,7 +436,7 @@ def fuse(
         ThreadPoolExecutor(workers, "derain-fuse") as pool,
         ThreadPoolExecutor(in_flight, "derain-fuse-frame") as frame_pool,
     ):
-        yield from _fuse(restorations, radius, pool, frame_pool, in_flight)
+        yield from _fuse(restorations, radius, pool, frame_pool, in_flight, find_missed)
 
 
 def _fuse(
@@ -432,6 +445,7 @@ def _fuse(
     pool: Executor,
     frame_pool: Executor,
     in_flight: int,
+    find_missed: bool,
 ) -> Iterator[np.ndarray]:
     frames: dict[int, np.ndarray] = {}
     drops: dict[int, np.ndarray] = {}
@@ -443,7 +457,7 @@ def _fuse(
     def start(current: int) -> None:
         near = {i: frames[i] for i in [current, *(current + k for k in offsets)] if i in frames}
         near_drops = {i: drops[i] for i in near}
-        running.append((current, frame_pool.submit(fuse_frame, current, near, near_drops, flows, pool)))
+        running.append((current, frame_pool.submit(fuse_frame, current, near, near_drops, flows, pool, find_missed)))
 
     def finish() -> np.ndarray:
         """The oldest running frame's output; what no later frame needs is released."""

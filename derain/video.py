@@ -267,6 +267,7 @@ def clean_video(
     *,
     fuse: bool = True,
     radius: int = DEFAULT_RADIUS,
+    find_missed: bool = True,
     codec: str = DEFAULT_CODEC,
     crf: int = DEFAULT_CRF,
     start: float | None = None,
@@ -276,7 +277,8 @@ def clean_video(
     """Derain the video ``src`` into ``dst``; returns the number of frames written.
 
     ``fuse`` takes pixels from frames up to ``radius`` away on each side (1, 2, 4 … apart)
-    where they saw the scene behind a drop (see :mod:`derain.fusion`); ``start``/``end``
+    where they saw the scene behind a drop (see :mod:`derain.fusion`; ``find_missed=False``:
+    only where the model saw drops); ``start``/``end``
     (seconds) do a part, its timestamps shifted to begin at zero. ``on_frame(n)`` is called
     after every written frame.
     """
@@ -294,7 +296,7 @@ def clean_video(
         items = Prefetch(_demux(container, start, end), "derain-decode")
         try:
             _claim(tmp, dst)
-            process = lambda frames: derain_frames(derainer, frames, fuse, radius)  # noqa: E731
+            process = lambda frames: derain_frames(derainer, frames, fuse, radius, find_missed=find_missed)  # noqa: E731
             written = _transcode(
                 av, container, items, tmp, info, codec, crf, _Timing(end=end), start is not None, process, on_frame
             )

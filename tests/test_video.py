@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from derain import fusion
 from derain.cli import main
 from derain.engine import Derainer
 from derain.video import VideoError, clean_video, video_output_path
@@ -75,6 +76,23 @@ def test_cli_keeps_frames_rate_timestamps_and_copies_audio(tmp_path: Path, tiny_
         assert [s.type for s in c.streams] == (["video", "audio"] if audio else ["video"])
     if audio:
         assert audio_payload(dst) == audio_payload(src)  # copied bit for bit, not re-encoded
+
+
+def test_model_drops_only_reaches_fusion(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
+    seen: list[bool] = []
+    real_fuse = fusion.fuse
+
+    def spy(restorations, radius, workers=None, find_missed=True):
+        seen.append(find_missed)
+        return real_fuse(restorations, radius, workers, find_missed)
+
+    monkeypatch.setattr("derain.frames.fuse", spy)
+    src = make_clip(tmp_path / "dash.mp4", frames=3, audio=False)
+    for flag, expected in [([], True), (["--model-drops-only"], False)]:
+        args = ["video", str(src), "-o", str(tmp_path / f"out{len(seen)}.mp4"), "-w", str(tiny_weights), *flag]
+        result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] is expected
 
 
 def test_part_rotation_and_frames_changed(tmp_path: Path, derainer: Derainer) -> None:
@@ -194,7 +212,8 @@ def test_colours_survive_decode_and_encode(tmp_path: Path, derainer: Derainer, m
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    monkeypatch.setattr("derain.video.derain_frames", lambda derainer, frames, *args: frames)  # pixels as decoded
+    # pixels as decoded
+    monkeypatch.setattr("derain.video.derain_frames", lambda derainer, frames, *args, **kwargs: frames)
     clean_video(derainer, src, tmp_path / "out.mp4", crf=0)
     with av.open(str(tmp_path / "out.mp4")) as c:
         ctx = c.streams.video[0].codec_context

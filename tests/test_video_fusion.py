@@ -86,6 +86,22 @@ def test_something_moving_on_its_own_is_no_drop() -> None:
     assert np.abs(fused[4][thing].astype(int) - frames[4][thing]).mean() < 2
 
 
+def test_what_moves_with_the_camera_keeps_its_inside_and_all_of_it_with_model_drops_only() -> None:
+    frames = panning(12, 160, 120)
+    for f in frames:
+        cv2.putText(f, "2026-11-27 12:00", (5, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+        f[95:] = (40, 40, 40)  # the car's bonnet, across the bottom of the frame: the pan runs along its edge
+        f[105:110] = (200, 30, 30)
+    blind = np.zeros(frames[0].shape[:2], np.float32)
+
+    fused = list(fuse([(f, f, blind) for f in frames], radius=8))
+    kept = list(fuse([(f, f, blind) for f in frames], radius=8, find_missed=False))
+
+    assert np.abs(fused[6][95:].astype(int) - frames[6][95:]).max() <= 1  # every neighbour shows it there too
+    assert np.abs(fused[6][:25].astype(int) - frames[6][:25]).mean() < 2  # the text stays legible
+    assert all(np.array_equal(a, b) for a, b in zip(kept, frames))
+
+
 def test_sixteen_bit_frames_fuse_as_their_eight_bit_twins() -> None:
     truth = panning(9)
     damaged = [f.copy() for f in truth]

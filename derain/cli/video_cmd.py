@@ -57,6 +57,13 @@ window_option = click.option(
 @click.option("--suffix", default="_derained", show_default=True, help="Added to the name when -o is not given.")
 @click.option("--per-frame", is_flag=True, help="Clean each frame alone (no temporal fusion).")
 @window_option
+@click.option(
+    "--model-drops-only",
+    is_flag=True,
+    help="Fuse only where the model saw drops, not also where the frames around show drops it missed "
+    "(those stay put while the scene moves). For footage with a car's bonnet or burned-in text in view: "
+    "they move with the camera too, and their sharp edges may get a fringe.",
+)
 @click.option("--codec", default=DEFAULT_CODEC, show_default=True, help="Video encoder (any FFmpeg offers).")
 @click.option(
     "--crf",
@@ -75,6 +82,7 @@ def video_cmd(
     suffix: str,
     per_frame: bool,
     window: int,
+    model_drops_only: bool,
     codec: str,
     crf: int,
     start: float | None,
@@ -86,7 +94,8 @@ def video_cmd(
     Drops stay put on the glass while the scene moves behind them: where a drop hides
     something in one frame, a neighbouring frame that saw it clearly lends its pixels
     (optical flow, on by default); a drop the model missed is found by how it stays in place
-    while the scene moves, and things moving on their own are left alone. Fusion asks the
+    while the scene moves, and things moving on their own are left alone (a bonnet or
+    burned-in text moves with the camera like a drop: see --model-drops-only). Fusion asks the
     frames 1, 2, 4, 8 and 16 away on each side (--window), far enough for a slow pan to
     uncover what a large drop hides; only about 2·N frames are held. Frame count, frame rate,
     timestamps, size, colour tags and rotation are kept; audio and subtitles are copied
@@ -140,6 +149,7 @@ def video_cmd(
             dst,
             fuse=fuse,
             radius=window,
+            find_missed=not model_drops_only,
             codec=codec,
             crf=crf,
             start=start,

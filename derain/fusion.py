@@ -278,7 +278,7 @@ class Neighbour(NamedTuple):
     """
 
     seen: np.ndarray
-    """The neighbour warped onto the current frame (H×W×3, its own dtype: a quarter of float's memory)."""
+    """The neighbour warped onto the current frame (H×W×3, in its own dtype rather than float32: less memory)."""
     clear: np.ndarray
     """0…1: it saw the scene there clear (its drop map) and the flow leads back (forward-backward;
     flow resolution)."""
@@ -385,7 +385,7 @@ def fuse_frame(
     """
     image = frames[current]
     others = [other for other in frames if other != current]
-    if not others:
+    if not others or not (find_missed or drops[current].any()):
         return image
     flows.prepare([pair for other in others for pair in ((current, other), (other, current))], pool)
     own = _levels(image)

@@ -337,14 +337,14 @@ def _neighbour(
     return Neighbour(seen, clear, mismatch, still, seen_small @ LUMA)
 
 
-def stuck_map(neighbours: list[Neighbour], typical: np.ndarray) -> np.ndarray:
+def stuck_map(neighbours: list[Neighbour], lumas: np.ndarray, typical: np.ndarray) -> np.ndarray:
     """Where the frame shows something that stays on the glass while the scene moves, 0…1 (float32,
     flow resolution).
 
     These are the drops the model left in place and did not see (its attention and its change
     are blind to them, so :func:`drop_map` is too): the frame differs there from most of its
     warped neighbours (all but :data:`STUCK_AGREEING` of them) by more than they differ among
-    themselves (about their median luma, ``typical``), and at least :data:`STILL_VOTES`
+    themselves (their ``lumas``, N×h×w, about the median ``typical``), and at least :data:`STILL_VOTES`
     neighbours that moved match it far better unwarped — the thing stayed at the same place in
     the frame. Something moving on its own matches neither way, so it stays. Something that
     moves with the camera (a car's bonnet, a burned-in timestamp) is stuck in this sense too:
@@ -356,7 +356,7 @@ def stuck_map(neighbours: list[Neighbour], typical: np.ndarray) -> np.ndarray:
         return np.zeros_like(neighbours[0].mismatch)
     rank = max(1, int(STUCK_AGREEING * len(neighbours)))
     mismatch = np.partition(np.stack([n.mismatch for n in neighbours]), rank, axis=0)[rank]
-    deviation = np.median(np.abs(np.stack([n.luma for n in neighbours]) - typical), axis=0)
+    deviation = np.median(np.abs(lumas - typical), axis=0)
     spread = _blurred(deviation)
     expected = STUCK_SPREAD**2 * spread * spread + STUCK_FLOOR**2
     outlier = np.clip(1.0 - expected / np.maximum(mismatch, 1e-6), 0.0, 1.0)
@@ -391,8 +391,9 @@ def fuse_frame(
     own = _levels(image)
     own_small = _resized(own, flows.grays[current].shape)
     neighbours = list(pool.map(lambda other: _neighbour(own, own_small, current, other, frames, drops, flows), others))
-    typical = np.median(np.stack([n.luma for n in neighbours]), axis=0)
-    stuck = stuck_map(neighbours, typical) if find_missed else np.zeros_like(typical)
+    lumas = np.stack([n.luma for n in neighbours])
+    typical = np.median(lumas, axis=0)
+    stuck = stuck_map(neighbours, lumas, typical) if find_missed else np.zeros_like(typical)
     drop = np.maximum(drops[current], _resized(stuck, own.shape))
     if not drop.any():
         return image

@@ -18,6 +18,11 @@ frames only but frames 1, 2, 4, 8 … up to the window apart on each side: the r
 window for the flow computations of a few frames. Flow to a distant frame starts from the
 chained camera motions to the frames in between, so large displacements are followed.
 
+Where the model missed drops over half the frame, optical flow follows them rather than the
+scene (they are sharper than a background out of focus) and finds the camera still. Yet the
+frames differ all over, which a still camera would not: then the scene's motion is the peak of
+the frames' correlation away from zero shift, where the glass correlates with itself.
+
 A frame's flows and its neighbours' warps are independent of each other, and OpenCV and NumPy
 release the GIL for them, so they run on a pool of threads: behind a GPU, fusion on one core
 was the bottleneck. Several frames are fused at once, since one frame's work waits on its
@@ -78,6 +83,16 @@ DROP_MARGIN = 9
 """Pixels (at flow resolution) around a drop whose flow is also distrusted: DIS blocks straddle the edge."""
 FIT_STEP, FIT_MIN_POINTS, FIT_TOLERANCE = 4, 40, 1.0
 """Camera-motion fit: every 4th pixel of the clear scene, at least 40 of them, RANSAC within 1 px."""
+LOCK_REACH, LOCK_FLOOR, LOCK_SHARE = 1.0, 4.0, 0.1
+"""A fit that moves no corner 1 px (flow resolution) may have locked onto drops the model missed,
+if the frames still differ by more than 4 8-bit levels (after :data:`MISMATCH_BLUR`, which
+noise does not survive) on a tenth of the frame."""
+PEAKS, PEAK_EXCLUDE, WHITENING = 3, 2, (1.0, 0.5)
+"""Correlation peaks tried for the scene's motion, pixels around each (and zero) left out, and how
+far the correlation is whitened (divided by its magnitude to these powers) for each set of peaks."""
+LOCK_GRID, LOCK_CELL, LOCK_SPREAD = (6, 4), 0.02, 0.75
+"""The scene's motion must explain the change (:func:`_explained`) in 2 % or more of each of
+3/4 of the cells of a 6×4 grid over the frame."""
 MAX_WORKERS = 8
 """Threads fusion uses at most: a frame has at most 2·log2(window) + 2 neighbours to work on."""
 FRAMES_IN_FLIGHT = 4
@@ -123,6 +138,8 @@ class FlowField:
     carry residue that sits still on the glass and DIS follows it (on rendered clips its flow on
     the drops was 5–37× further from the truth than the refitted homography's). Where the
     homography is wrong (parallax, moving things), :func:`agreement` lowers the neighbour's weight.
+    Steps that DIS got wrong since it followed the glass (:meth:`_step`) are translations found
+    by correlation, and their chains are not refitted: DIS would follow the glass again.
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:
@@ -131,6 +148,7 @@ class FlowField:
         self.trust: dict[int, np.ndarray] = {}
         self.cache: dict[tuple[int, int], np.ndarray] = {}
         self.steps: dict[tuple[int, int], np.ndarray] = {}
+        self.locked: set[tuple[int, int]] = set()
 
     def add(self, index: int, gray: np.ndarray, drops: np.ndarray | None = None) -> None:
         """Frame ``index`` (8-bit luma) and, optionally, where it has drops (H×W in [0, 1])."""
@@ -159,7 +177,7 @@ class FlowField:
         """
         pairs = [pair for pair in dict.fromkeys(pairs) if pair not in self.cache]
         steps = sorted({step for a, b in pairs for step in _chain(a, b)} - self.steps.keys())
-        self.steps.update(zip(steps, pool.map(lambda step: self._fit(*step), steps)))
+        self.steps.update(zip(steps, pool.map(lambda step: self._step(*step), steps)))
         self.cache.update(zip(pairs, pool.map(lambda pair: self._compute(*pair), pairs)))
 
     def forget_before(self, index: int) -> None:
@@ -174,15 +192,41 @@ class FlowField:
         for cache in (self.cache, self.steps):
             for key in [k for k in list(cache) if min(k) < index]:
                 del cache[key]
+        self.locked.difference_update([k for k in list(self.locked) if min(k) < index])
 
     def camera(self, a: int, b: int) -> np.ndarray:
         """3×3 homography taking frame a's pixels (flow resolution) to frame b's: consecutive fits, chained."""
         chained = np.eye(3)
         for step in _chain(a, b):
             if step not in self.steps:
-                self.steps[step] = self._fit(*step)
+                self.steps[step] = self._step(*step)
             chained = self.steps[step] @ chained
         return chained
+
+    def _step(self, a: int, b: int) -> np.ndarray:
+        """The camera's motion between consecutive frames a and b.
+
+        Dense drops that the model missed (its drop map does not leave them out of the fit) may
+        outnumber the scene between them, and DIS then follows the glass: the fit says the
+        camera stood still. If the frames still differ too much for that, phase correlation's
+        strongest peaks away from zero shift are candidates for the scene's motion; the one that
+        explains the change best is taken if it does so all over the frame (:func:`_explained`),
+        as a camera's motion does and something crossing before a still camera does not. Such a
+        step is marked ``locked``.
+        """
+        fit = self._fit(a, b)
+        first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
+        if _reach(fit, first.shape) >= LOCK_REACH or np.mean(_change(first, second) > LOCK_FLOOR) < LOCK_SHARE:
+            return fit
+        shifts = _shifts_beyond_zero(first, second)
+        explained = [_explained(first, second, shift) for shift in shifts]
+        best = int(np.argmax([where.mean() for where in explained]))  # a tie: the highest peak
+        columns, rows = LOCK_GRID
+        cells = cv2.resize(explained[best], (columns, rows), interpolation=cv2.INTER_AREA)
+        if np.mean(cells > LOCK_CELL) < LOCK_SPREAD:
+            return fit
+        self.locked.add((a, b))
+        return shifts[best]
 
     def _fit(self, a: int, b: int, start: np.ndarray | None = None) -> np.ndarray:
         """The homography that best explains DIS's flow from a to b (started at ``start``) where a has no drops."""
@@ -205,9 +249,81 @@ class FlowField:
     def _compute(self, a: int, b: int) -> np.ndarray:
         h, w = self.grays[a].shape
         grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))).reshape(-1, 1, 2)
-        start = cv2.perspectiveTransform(grid, self.camera(a, b)) - grid
-        refit = self._fit(a, b, np.ascontiguousarray(start.reshape(h, w, 2)))
-        return (cv2.perspectiveTransform(grid, refit) - grid).reshape(h, w, 2)
+        camera = self.camera(a, b)
+        if not self.locked.intersection(_chain(a, b)):  # else DIS would follow the glass again
+            start = cv2.perspectiveTransform(grid, camera) - grid
+            camera = self._fit(a, b, np.ascontiguousarray(start.reshape(h, w, 2)))
+        return (cv2.perspectiveTransform(grid, camera) - grid).reshape(h, w, 2)
+
+
+def _reach(homography: np.ndarray, shape: tuple[int, int]) -> float:
+    """Pixels the farthest corner of a frame of ``shape`` moves under ``homography``."""
+    h, w = shape
+    corners = np.float32([[0, 0], [w, 0], [0, h], [w, h]]).reshape(-1, 1, 2)
+    return float(np.abs(cv2.perspectiveTransform(corners, homography) - corners).max())
+
+
+def _change(first: np.ndarray, second: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+    """How far ``first`` differs from ``second`` (warped by ``motion``, if given): the absolute
+    difference, blurred first so that noise averages out and what moved stands out."""
+    if motion is not None:
+        h, w = first.shape
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        second = cv2.warpPerspective(second, motion, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    return np.abs(_blurred(first - second))
+
+
+def _explained(first: np.ndarray, second: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """Where ``motion`` explains the change from ``first`` to ``second`` far better than zero
+    motion, 0 or 1 (float32). A camera's motion does in the scene between the drops, all over the
+    frame; something that moves on its own in front of a still camera does only where it is."""
+    still = _change(first, second)
+    return ((_change(first, second, motion) < still / 2) & (still > LOCK_FLOOR)).astype(np.float32)
+
+
+def _shifts_beyond_zero(first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+    """3×3 translations of ``second`` against ``first``: candidates for the scene's motion.
+
+    They are the highest peaks (:func:`_peaks`) of the correlation of what changed between the
+    frames: the glass, where nothing changed, is weighted out. The correlation is whitened fully
+    (phase correlation, where sharp detail counts) and in part (where smooth scenes count too):
+    either may find the glass's own pattern instead, whose drops of one size repeat at their width.
+    """
+    changed = np.clip(_change(first, second) / LOCK_FLOOR - 0.5, 0.0, 1.0)
+    window = cv2.createHanningWindow(first.shape[::-1], cv2.CV_32F) * _blurred(changed)
+    spectra = [np.fft.rfft2((image - image.mean()) * window) for image in (first, second)]
+    cross = np.conj(spectra[0]) * spectra[1]
+    surfaces = [np.fft.irfft2(cross / (np.abs(cross) ** power + 1e-6), s=first.shape) for power in WHITENING]
+    return [shift for surface in surfaces for shift in _peaks(np.fft.fftshift(surface))]
+
+
+def _peaks(surface: np.ndarray) -> list[np.ndarray]:
+    """The :data:`PEAKS` highest peaks of a correlation ``surface`` (zero shift at its centre) beyond
+    :data:`PEAK_EXCLUDE` pixels of zero and of each other, as 3×3 translations to a fraction of a pixel."""
+    centre = np.array(surface.shape) // 2
+    left_out = np.zeros(surface.shape, bool)
+    peak, shifts = centre, []
+    for _ in range(PEAKS):
+        top, left = np.maximum(peak - PEAK_EXCLUDE, 0)
+        left_out[top : peak[0] + PEAK_EXCLUDE + 1, left : peak[1] + PEAK_EXCLUDE + 1] = True
+        peak = np.array(np.unravel_index(np.argmax(np.where(left_out, -np.inf, surface)), surface.shape))
+        shift = np.eye(3)
+        shift[1::-1, 2] = _subpixel(surface, peak) - centre  # (y, x) to (x, y)
+        shifts.append(shift)
+    return shifts
+
+
+def _subpixel(surface: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """``peak`` (y, x) of ``surface`` refined by a parabola through it and its neighbours on each axis."""
+    refined = peak.astype(np.float64)
+    for axis in (0, 1):
+        if 0 < peak[axis] < surface.shape[axis] - 1:
+            step = np.eye(2, dtype=int)[axis]
+            before, at, after = surface[tuple(peak - step)], surface[tuple(peak)], surface[tuple(peak + step)]
+            curvature = before - 2 * at + after
+            if curvature < 0:
+                refined[axis] += 0.5 * (before - after) / curvature
+    return refined
 
 
 def _chain(a: int, b: int) -> list[tuple[int, int]]:

@@ -77,6 +77,8 @@ MOVED_FULL = 3.0
 """Pixels the scene must move between two frames before their unwarped match says anything."""
 CONSENSUS_TOLERANCE = 40.0
 """8-bit luma distance from the neighbours' median at which a neighbour's weight falls to 1/e."""
+CONSENSUS_CLEAR = 0.5
+"""The median counts only the neighbours this clear where their pixel comes from, if any is."""
 SUPPORT_HALF = 0.05
 """Summed neighbour weight at which a drop pixel moves halfway to the neighbours' consensus."""
 DROP_MARGIN = 9
@@ -480,6 +482,15 @@ def stuck_map(neighbours: list[Neighbour], lumas: np.ndarray, typical: np.ndarra
     return (outlier * _smooth_step(stillness, STILL_LOW, STILL_HIGH)).astype(np.float32)
 
 
+def _median_where(values: np.ndarray, keep: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """The median over axis 0 of the ``values`` that ``keep`` marks; ``fallback`` where it marks none."""
+    count = keep.sum(axis=0)[None]
+    ordered = np.sort(np.where(keep, values, np.inf), axis=0)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, np.minimum(count // 2, len(values) - 1), axis=0)[0]
+    return np.where(count[0] > 0, (low + high) / 2, fallback).astype(np.float32)
+
+
 def fuse_frame(
     current: int,
     frames: dict[int, np.ndarray],
@@ -495,9 +506,11 @@ def fuse_frame(
     consensus: their warped pixels weighted by how far each saw the spot clear, its flow holds
     and its look agrees with this frame's around there (:func:`agreement`, which leaves out the
     frame's stuck drops), and by how close each is to the neighbours' median (a neighbour's own
-    missed drop is outvoted). The more weight the neighbours bring, the further it moves;
-    elsewhere the output is the frame's own. The ``pool``'s threads compute the flows and the
-    neighbours' warps.
+    missed drop is outvoted). That median leaves out the neighbours whose warped pixel comes from
+    where this frame has stuck drops: drops stay on the glass, so those neighbours show the same
+    drop there, and the near frames of a slow pan would outvote the few that see behind a wide
+    drop. The more weight the neighbours bring, the further it moves; elsewhere the output is
+    the frame's own. The ``pool``'s threads compute the flows and the neighbours' warps.
     """
     image = frames[current]
     others = [other for other in frames if other != current]
@@ -514,6 +527,9 @@ def fuse_frame(
     if not drop.any():
         return image
     agrees = pool.map(lambda other: agreement(flows, current, other, stuck), others)
+    if find_missed:  # the consensus of the neighbours that see the scene where the frame has stuck drops
+        behind = [n.clear * (1.0 - warp(stuck, flows.flow(current, other))[0]) for n, other in zip(neighbours, others)]
+        typical = _median_where(lumas, np.stack(behind) > CONSENSUS_CLEAR, typical)
     total = np.zeros_like(own)
     support = np.zeros_like(drop)
     for n, agree in zip(neighbours, agrees):  # in the neighbours' order, whatever the threads' timing

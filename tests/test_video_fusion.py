@@ -211,6 +211,24 @@ def test_a_wide_window_sees_behind_a_drop_wider_than_the_near_frames_moved() -> 
     assert error(8) < error(2) / 3
 
 
+def test_the_consensus_is_of_the_frames_that_see_behind_a_drop_not_of_those_that_see_it_too() -> None:
+    """A drop 30 px wide on a 3 px per frame pan: six of the ten neighbours show it again, and
+    their median must not outvote the four that see behind it."""
+    truth = panning(17)
+    patch = (slice(24, 54), slice(36, 66))
+    attention = np.zeros(truth[0].shape[:2], np.float32)
+    attention[patch] = 1.0
+    damaged = [f.copy() for f in truth]
+    for f in damaged:
+        f[patch] = 128
+
+    fused = list(fuse([(f, f, attention) for f in damaged], radius=8))
+
+    before = np.abs(damaged[8][patch].astype(int) - truth[8][patch]).mean()
+    after = np.abs(fused[8][patch].astype(int) - truth[8][patch]).mean()
+    assert after < before / 4
+
+
 def test_fusion_gives_the_same_frames_on_any_number_of_threads() -> None:
     """Four threads also fuse four frames at once; one thread fuses one frame at a time."""
     truth = panning(9)

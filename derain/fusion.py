@@ -210,11 +210,11 @@ class FlowField:
 
         Dense drops that the model missed (its drop map does not leave them out of the fit) may
         outnumber the scene between them, and DIS then follows the glass: the fit says the
-        camera stood still. If the frames still differ too much for that, phase correlation's
-        strongest peaks away from zero shift are candidates for the scene's motion; the one that
-        explains the change best is taken if it does so all over the frame (:func:`_explained`),
-        as a camera's motion does and something crossing before a still camera does not. Such a
-        step is marked ``locked``.
+        camera stood still. If the frames still differ too much for that, the correlation's
+        strongest peaks away from zero shift (:func:`_shifts_beyond_zero`) are candidates for the
+        scene's motion; the one that explains the change best is taken if it does so all over the
+        frame (:func:`_explained`), as a camera's motion does and something crossing before a
+        still camera does not. Such a step is marked ``locked``.
         """
         fit = self._fit(a, b)
         first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
@@ -507,9 +507,9 @@ def fuse_frame(
     and its look agrees with this frame's around there (:func:`agreement`, which leaves out the
     frame's stuck drops), and by how close each is to the neighbours' median (a neighbour's own
     missed drop is outvoted). That median leaves out the neighbours whose warped pixel comes from
-    where this frame has stuck drops: drops stay on the glass, so those neighbours show the same
-    drop there, and the near frames of a slow pan would outvote the few that see behind a wide
-    drop. The more weight the neighbours bring, the further it moves; elsewhere the output is
+    their own drops or from where this frame has stuck drops: drops stay on the glass, so those
+    neighbours show the same drop there, and the near frames of a slow pan would outvote the few
+    that see behind a wide drop. The more weight the neighbours bring, the further it moves; elsewhere the output is
     the frame's own. The ``pool``'s threads compute the flows and the neighbours' warps.
     """
     image = frames[current]

@@ -218,10 +218,13 @@ class FlowField:
         """
         fit = self._fit(a, b)
         first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
-        if _reach(fit, first.shape) >= LOCK_REACH or np.mean(_change(first, second) > LOCK_FLOOR) < LOCK_SHARE:
+        if _reach(fit, first.shape) >= LOCK_REACH:
             return fit
-        shifts = _shifts_beyond_zero(first, second)
-        explained = [_explained(first, second, shift) for shift in shifts]
+        still = _change(first, second)
+        if np.mean(still > LOCK_FLOOR) < LOCK_SHARE:
+            return fit
+        shifts = _shifts_beyond_zero(first, second, still)
+        explained = [_explained(first, second, shift, still) for shift in shifts]
         best = int(np.argmax([where.mean() for where in explained]))  # a tie: the highest peak
         columns, rows = LOCK_GRID
         cells = cv2.resize(explained[best], (columns, rows), interpolation=cv2.INTER_AREA)
@@ -275,23 +278,24 @@ def _change(first: np.ndarray, second: np.ndarray, motion: np.ndarray | None = N
     return np.abs(_blurred(first - second))
 
 
-def _explained(first: np.ndarray, second: np.ndarray, motion: np.ndarray) -> np.ndarray:
+def _explained(first: np.ndarray, second: np.ndarray, motion: np.ndarray, still: np.ndarray) -> np.ndarray:
     """Where ``motion`` explains the change from ``first`` to ``second`` far better than zero
-    motion, 0 or 1 (float32). A camera's motion does in the scene between the drops, all over the
-    frame; something that moves on its own in front of a still camera does only where it is."""
-    still = _change(first, second)
+    motion (whose :func:`_change` is ``still``), 0 or 1 (float32). A camera's motion does in the
+    scene between the drops, all over the frame; something that moves on its own in front of a
+    still camera does only where it is."""
     return ((_change(first, second, motion) < still / 2) & (still > LOCK_FLOOR)).astype(np.float32)
 
 
-def _shifts_beyond_zero(first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+def _shifts_beyond_zero(first: np.ndarray, second: np.ndarray, still: np.ndarray) -> list[np.ndarray]:
     """3×3 translations of ``second`` against ``first``: candidates for the scene's motion.
 
     They are the highest peaks (:func:`_peaks`) of the correlation of what changed between the
-    frames: the glass, where nothing changed, is weighted out. The correlation is whitened fully
-    (phase correlation, where sharp detail counts) and in part (where smooth scenes count too):
-    either may find the glass's own pattern instead, whose drops of one size repeat at their width.
+    frames (``still``, their :func:`_change`): the glass, where nothing changed, is weighted out.
+    The correlation is whitened fully (phase correlation, where sharp detail counts) and in part
+    (where smooth scenes count too): either may find the glass's own pattern instead, whose drops
+    of one size repeat at their width.
     """
-    changed = np.clip(_change(first, second) / LOCK_FLOOR - 0.5, 0.0, 1.0)
+    changed = np.clip(still / LOCK_FLOOR - 0.5, 0.0, 1.0)
     window = cv2.createHanningWindow(first.shape[::-1], cv2.CV_32F) * _blurred(changed)
     spectra = [np.fft.rfft2((image - image.mean()) * window) for image in (first, second)]
     cross = np.conj(spectra[0]) * spectra[1]
@@ -509,8 +513,9 @@ def fuse_frame(
     missed drop is outvoted). That median leaves out the neighbours whose warped pixel comes from
     their own drops or from where this frame has stuck drops: drops stay on the glass, so those
     neighbours show the same drop there, and the near frames of a slow pan would outvote the few
-    that see behind a wide drop. The more weight the neighbours bring, the further it moves; elsewhere the output is
-    the frame's own. The ``pool``'s threads compute the flows and the neighbours' warps.
+    that see behind a wide drop. The more weight the neighbours bring, the further it moves;
+    elsewhere the output is the frame's own. The ``pool``'s threads compute the flows and the
+    neighbours' warps.
     """
     image = frames[current]
     others = [other for other in frames if other != current]

@@ -95,6 +95,10 @@ far the correlation is whitened (divided by its magnitude to these powers) for e
 LOCK_GRID, LOCK_CELL, LOCK_SPREAD = (6, 4), 0.02, 0.75
 """The scene's motion must explain the change (:func:`_explained`) in 2 % or more of each of
 3/4 of the cells of a 6×4 grid over the frame."""
+STUCK_BLOB = 0.05
+"""Stuck drops that a disc this fraction of the frame width wide fits into are blobs: a wide drop's
+blurred rim around them (:data:`DROP_MARGIN`) is no scene either. Thin ones (burned-in text) keep
+their surroundings in :func:`agreement`, where the warped neighbours show them moved."""
 MAX_WORKERS = 8
 """Threads fusion uses at most: a frame has at most 2·log2(window) + 2 neighbours to work on."""
 FRAMES_IN_FLIGHT = 4
@@ -377,12 +381,14 @@ def agreement(flows: FlowField, a: int, b: int, stuck: np.ndarray | None = None)
     large drop, so a drop's pixels are judged by their surroundings. A homography is wrong where
     the scene has depth (parallax) or moves on its own, and forward-backward consistency of two
     homographies cannot see it; this can. ``stuck`` (flow resolution): a's drops that only the
-    neighbours found (:func:`stuck_map`), which are no scene either.
+    neighbours found (:func:`stuck_map`), which are no scene either, nor is the blurred rim
+    around the wide ones (:func:`_blobs`): judged by it, no neighbour would lend a wide drop
+    the scene it saw behind it.
     """
     seen, _ = warp(flows.grays[b].astype(np.float32), flows.flow(a, b))
     clear = flows.trust[a] * warp(flows.trust[b], flows.flow(a, b))[0]
     if stuck is not None:
-        clear *= 1.0 - stuck
+        clear *= (1.0 - stuck) * _trust(_blobs(stuck))
     difference = np.abs(flows.grays[a].astype(np.float32) - seen)
     sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
     support = cv2.GaussianBlur(clear, (0, 0), sigma)
@@ -390,6 +396,12 @@ def agreement(flows: FlowField, a: int, b: int, stuck: np.ndarray | None = None)
     overall = float((difference * clear).sum() / clear.sum()) if clear.sum() > 0 else np.inf
     local = np.where(support > 1e-4, local, overall)  # beyond the blur's reach: the whole frame's figure
     return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
+
+
+def _blobs(stuck: np.ndarray) -> np.ndarray:
+    """The parts of a stuck map that a disc :data:`STUCK_BLOB` of the width wide fits into."""
+    size = max(3, round(STUCK_BLOB * stuck.shape[1]) | 1)
+    return cv2.morphologyEx(stuck, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
 
 
 class Neighbour(NamedTuple):

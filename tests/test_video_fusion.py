@@ -74,6 +74,28 @@ def test_a_drop_the_model_left_unseen_is_found_by_how_it_stays_on_the_glass() ->
     assert before > 30 and after < before / 4
 
 
+def test_a_wide_soft_drop_the_model_left_unseen_is_filled_from_the_frames_that_see_behind_it() -> None:
+    """A clear drop 26 px wide, as on a lens: a dark rim, a smooth minified scene inside and an
+    edge blurred by defocus. Its blurred edge must not count as scene when judging the neighbours."""
+    truth = panning(17, 128, 96)
+    ys, xs = np.mgrid[0:96, 0:128]
+    radius = np.hypot(ys - 48, xs - 64)
+    look = np.zeros((96, 128, 3), np.float32)
+    inside = radius < 10
+    look[inside] = (100 + ys[inside, None] - 48).astype(np.float32)
+    look[(radius >= 10) & (radius < 13)] = 25
+    alpha = cv2.GaussianBlur((radius < 13).astype(np.float32), (0, 0), 2.0)[..., None]
+    damaged = [np.clip(f * (1 - alpha) + look * alpha, 0, 255).astype(np.uint8) for f in truth]
+    blind = np.zeros(truth[0].shape[:2], np.float32)
+
+    fused = list(fuse([(f, f, blind) for f in damaged], radius=8))
+
+    drop = radius < 17
+    before = np.abs(damaged[8][drop].astype(int) - truth[8][drop]).mean()
+    after = np.abs(fused[8][drop].astype(int) - truth[8][drop]).mean()
+    assert before > 30 and after < before / 2
+
+
 def test_something_moving_on_its_own_is_no_drop() -> None:
     frames = panning(9)
     for t, f in enumerate(frames):  # a small bright thing crossing the scene against the pan

@@ -21,7 +21,10 @@ chained camera motions to the frames in between, so large displacements are foll
 Where the model missed drops over half the frame, optical flow follows them rather than the
 scene (they are sharper than a background out of focus) and finds the camera still. Yet the
 frames differ all over, which a still camera would not: then the scene's motion is the peak of
-the frames' correlation away from zero shift, where the glass correlates with itself.
+the frames' correlation away from zero shift, where the glass correlates with itself. The
+reverse happens too: a sharp thing crossing half a still camera's frame draws the fit to its own
+motion. Then whole parts of the frame are explained by no motion alone, which a camera's motion
+would not leave (behind drops, the scene between them moves everywhere), and the camera holds.
 
 A frame's flows and its neighbours' warps are independent of each other, and OpenCV and NumPy
 release the GIL for them, so they run on a pool of threads: behind a GPU, fusion on one core
@@ -95,6 +98,12 @@ far the correlation is whitened (divided by its magnitude to these powers) for e
 LOCK_GRID, LOCK_CELL, LOCK_SPREAD = (6, 4), 0.02, 0.75
 """The scene's motion must explain the change (:func:`_explained`) in 2 % or more of each of
 3/4 of the cells of a 6×4 grid over the frame."""
+HOLD_SHARE, HOLD_DOMINANCE = 0.25, 10.0
+"""A fit is a thing crossing before a still camera if in a quarter of the grid's cells no motion
+explains the change better than the fit (:func:`_explained` the other way round) on 2 % or more
+of the cell and ten times as often as the fit explains it better than no motion (on rendered
+clips with a moving camera, drops on the glass did so in at most 3 of the 24 cells, the still
+scene beside a thing crossing half the frame in 9)."""
 STUCK_BLOB = 0.05
 """Stuck drops that a disc this fraction of the frame width wide fits into are blobs: a wide drop's
 blurred rim around them (:data:`DROP_MARGIN`) is no scene either. Thin ones (burned-in text) keep
@@ -145,7 +154,8 @@ class FlowField:
     the drops was 5–37× further from the truth than the refitted homography's). Where the
     homography is wrong (parallax, moving things), :func:`agreement` lowers the neighbour's weight.
     Steps that DIS got wrong since it followed the glass (:meth:`_step`) are translations found
-    by correlation, and their chains are not refitted: DIS would follow the glass again.
+    by correlation, those where it followed a thing crossing before a still camera are no
+    motion, and their chains are not refitted: DIS would follow the glass or the thing again.
     """
 
     def __init__(self, width: int = FLOW_WIDTH) -> None:
@@ -218,21 +228,23 @@ class FlowField:
         strongest peaks away from zero shift (:func:`_shifts_beyond_zero`) are candidates for the
         scene's motion; the one that explains the change best is taken if it does so all over the
         frame (:func:`_explained`), as a camera's motion does and something crossing before a
-        still camera does not. Such a step is marked ``locked``.
+        still camera does not. Conversely, a fit that moves the frame is no motion if that
+        explains whole cells of the frame better (:func:`_held`). Such steps are marked ``locked``.
         """
         fit = self._fit(a, b)
         first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
-        if _reach(fit, first.shape) >= LOCK_REACH:
-            return fit
         still = _change(first, second)
+        if _reach(fit, first.shape) >= LOCK_REACH:
+            if not _held(first, second, fit, still):
+                return fit
+            self.locked.add((a, b))
+            return np.eye(3)
         if np.mean(still > LOCK_FLOOR) < LOCK_SHARE:
             return fit
         shifts = _shifts_beyond_zero(first, second, still)
         explained = [_explained(first, second, shift, still) for shift in shifts]
         best = int(np.argmax([where.mean() for where in explained]))  # a tie: the highest peak
-        columns, rows = LOCK_GRID
-        cells = cv2.resize(explained[best], (columns, rows), interpolation=cv2.INTER_AREA)
-        if np.mean(cells > LOCK_CELL) < LOCK_SPREAD:
+        if np.mean(_cells(explained[best]) > LOCK_CELL) < LOCK_SPREAD:
             return fit
         self.locked.add((a, b))
         return shifts[best]
@@ -259,7 +271,7 @@ class FlowField:
         h, w = self.grays[a].shape
         grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))).reshape(-1, 1, 2)
         camera = self.camera(a, b)
-        if not self.locked.intersection(_chain(a, b)):  # else DIS would follow the glass again
+        if not self.locked.intersection(_chain(a, b)):  # else DIS would follow the glass (or the thing) again
             start = cv2.perspectiveTransform(grid, camera) - grid
             camera = self._fit(a, b, np.ascontiguousarray(start.reshape(h, w, 2)))
         return (cv2.perspectiveTransform(grid, camera) - grid).reshape(h, w, 2)
@@ -287,7 +299,28 @@ def _explained(first: np.ndarray, second: np.ndarray, motion: np.ndarray, still:
     motion (whose :func:`_change` is ``still``), 0 or 1 (float32). A camera's motion does in the
     scene between the drops, all over the frame; something that moves on its own in front of a
     still camera does only where it is."""
-    return ((_change(first, second, motion) < still / 2) & (still > LOCK_FLOOR)).astype(np.float32)
+    return _better(_change(first, second, motion), still)
+
+
+def _better(change: np.ndarray, than: np.ndarray) -> np.ndarray:
+    """Where a motion whose :func:`_change` is ``change`` explains it far better than one whose
+    change is ``than``, 0 or 1 (float32)."""
+    return ((change < than / 2) & (than > LOCK_FLOOR)).astype(np.float32)
+
+
+def _cells(where: np.ndarray) -> np.ndarray:
+    """The share of each cell of the :data:`LOCK_GRID` over the frame that ``where`` marks."""
+    return cv2.resize(where, LOCK_GRID, interpolation=cv2.INTER_AREA)
+
+
+def _held(first: np.ndarray, second: np.ndarray, fit: np.ndarray, still: np.ndarray) -> bool:
+    """Whether the camera held still and ``fit`` followed a thing crossing before it: no motion
+    (whose :func:`_change` is ``still``) explains whole cells of the frame far better than the fit
+    (:data:`HOLD_SHARE`), the still scene beside the thing. Drops on the glass do so in a cell
+    only in part, since the scene between them moves with the camera."""
+    moved = _change(first, second, fit)
+    by_zero, by_fit = _cells(_better(still, moved)), _cells(_better(moved, still))
+    return bool(np.mean((by_zero > LOCK_CELL) & (by_fit * HOLD_DOMINANCE < by_zero)) >= HOLD_SHARE)
 
 
 def _shifts_beyond_zero(first: np.ndarray, second: np.ndarray, still: np.ndarray) -> list[np.ndarray]:
@@ -374,21 +407,19 @@ def consistency(flows: FlowField, a: int, b: int) -> np.ndarray:
     return np.exp(-((error / CONSISTENCY) ** 2)) * inside
 
 
-def agreement(flows: FlowField, a: int, b: int, stuck: np.ndarray | None = None) -> np.ndarray:
+def agreement(flows: FlowField, a: int, b: int, unstuck: np.ndarray | None = None) -> np.ndarray:
     """0…1 per pixel of frame a (flow resolution): does frame b, warped onto a, look like a around here?
 
     The luma difference where both frames are clear, averaged over a neighbourhood the size of a
     large drop, so a drop's pixels are judged by their surroundings. A homography is wrong where
     the scene has depth (parallax) or moves on its own, and forward-backward consistency of two
-    homographies cannot see it; this can. ``stuck`` (flow resolution): a's drops that only the
-    neighbours found (:func:`stuck_map`), which are no scene either, nor is the blurred rim
-    around the wide ones (:func:`_blobs`): judged by it, no neighbour would lend a wide drop
-    the scene it saw behind it.
+    homographies cannot see it; this can. ``unstuck`` (flow resolution, :func:`_unstuck`): how far
+    a's pixels are scene by the drops that only the neighbours found.
     """
     seen, _ = warp(flows.grays[b].astype(np.float32), flows.flow(a, b))
     clear = flows.trust[a] * warp(flows.trust[b], flows.flow(a, b))[0]
-    if stuck is not None:
-        clear *= (1.0 - stuck) * _trust(_blobs(stuck))
+    if unstuck is not None:
+        clear *= unstuck
     difference = np.abs(flows.grays[a].astype(np.float32) - seen)
     sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
     support = cv2.GaussianBlur(clear, (0, 0), sigma)
@@ -398,10 +429,14 @@ def agreement(flows: FlowField, a: int, b: int, stuck: np.ndarray | None = None)
     return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
 
 
-def _blobs(stuck: np.ndarray) -> np.ndarray:
-    """The parts of a stuck map that a disc :data:`STUCK_BLOB` of the width wide fits into."""
+def _unstuck(stuck: np.ndarray) -> np.ndarray:
+    """0…1: how far each pixel is scene by a :func:`stuck_map`: not stuck, nor on the blurred rim
+    around a wide stuck drop (one a disc :data:`STUCK_BLOB` of the width wide fits into), which
+    the map misses; judged by that rim, no neighbour would lend a wide drop the scene it saw
+    behind it."""
     size = max(3, round(STUCK_BLOB * stuck.shape[1]) | 1)
-    return cv2.morphologyEx(stuck, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    blobs = cv2.morphologyEx(stuck, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    return (1.0 - stuck) * _trust(blobs)
 
 
 class Neighbour(NamedTuple):
@@ -543,7 +578,8 @@ def fuse_frame(
     drop = np.maximum(drops[current], _resized(stuck, own.shape))
     if not drop.any():
         return image
-    agrees = pool.map(lambda other: agreement(flows, current, other, stuck), others)
+    scene = _unstuck(stuck)  # once: the same for every neighbour
+    agrees = pool.map(lambda other: agreement(flows, current, other, scene), others)
     if find_missed:  # the consensus of the neighbours that see the scene where the frame has stuck drops
         behind = [n.clear * (1.0 - warp(stuck, flows.flow(current, other))[0]) for n, other in zip(neighbours, others)]
         typical = _median_where(lumas, np.stack(behind) > CONSENSUS_CLEAR, typical)

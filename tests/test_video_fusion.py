@@ -185,6 +185,25 @@ def test_sixteen_bit_frames_fuse_as_their_eight_bit_twins() -> None:
     assert np.abs(eight[4].astype(int) - damaged[4]).max() > 30, "the drop was filled"
 
 
+def test_a_thing_filling_half_a_still_cameras_frame_does_not_move_the_camera() -> None:
+    """A sharp thing half the frame wide crossing a soft scene draws optical flow's fit: then
+    whole parts of the frame are explained by no motion alone, and the camera holds still."""
+    scene, thing = textured_scene(160, 120, seed=3, grain=8), textured_scene(110, 84, seed=4, grain=3)
+    frames = []
+    for t in range(9):
+        f = scene.copy()
+        f[8:92, 4 + 4 * t : 114 + 4 * t] = thing
+        frames.append(f)
+
+    flows = FlowField()
+    for i, f in enumerate(frames):
+        flows.add(i, luma8(f))
+    assert all(np.abs(flows.camera(i, i + 1)[:2, 2]).max() < 0.5 for i in range(8))
+    blind = np.zeros(frames[0].shape[:2], np.float32)
+    fused = list(fuse([(f, f, blind) for f in frames], radius=4))
+    assert all(np.abs(a.astype(int) - f).mean() < 0.5 for a, f in zip(fused, frames))
+
+
 def test_frames_across_a_cut_lend_nothing() -> None:
     truth = panning(5) + panning(4, seed=2)  # a cut to another shot after frame 4
     patch = (slice(30, 38), slice(40, 48))

@@ -228,8 +228,9 @@ class FlowField:
         strongest peaks away from zero shift (:func:`_shifts_beyond_zero`) are candidates for the
         scene's motion; the one that explains the change best is taken if it does so all over the
         frame (:func:`_explained`), as a camera's motion does and something crossing before a
-        still camera does not. Conversely, a fit that moves the frame is no motion if that
-        explains whole cells of the frame better (:func:`_held`). Such steps are marked ``locked``.
+        still camera does not. Conversely, a fit that moves the frame is taken for no motion if
+        no motion explains whole cells of the frame far better (:func:`_held`): a thing crossed
+        before a still camera. Such steps are marked ``locked``.
         """
         fit = self._fit(a, b)
         first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
@@ -554,15 +555,15 @@ def fuse_frame(
 
     Drops are where this frame's drop map (:func:`drop_map`) or, with ``find_missed``, the
     neighbours (:func:`stuck_map`) say so. There the frame's pixel moves towards the neighbours'
-    consensus: their warped pixels weighted by how far each saw the spot clear, its flow holds
-    and its look agrees with this frame's around there (:func:`agreement`, which leaves out the
-    frame's stuck drops), and by how close each is to the neighbours' median (a neighbour's own
-    missed drop is outvoted). That median leaves out the neighbours whose warped pixel comes from
-    their own drops or from where this frame has stuck drops: drops stay on the glass, so those
-    neighbours show the same drop there, and the near frames of a slow pan would outvote the few
-    that see behind a wide drop. The more weight the neighbours bring, the further it moves;
-    elsewhere the output is the frame's own. The ``pool``'s threads compute the flows and the
-    neighbours' warps.
+    consensus: their warped pixels weighted by how far each saw the spot clear, its flow holds and
+    its look agrees with this frame's around there (:func:`agreement`, which leaves out the frame's
+    stuck drops and the blurred rims of the wide ones), and by how close each is to the neighbours'
+    median (a neighbour's own missed drop is outvoted). That median leaves out the neighbours whose
+    warped pixel comes from their own drops or from where this frame has stuck drops: drops stay on
+    the glass, so those neighbours show the same drop there, and the near frames of a slow pan
+    would outvote the few that see behind a wide drop. The more weight the neighbours bring, the
+    further it moves; elsewhere the output is the frame's own. The ``pool``'s threads compute the
+    flows and the neighbours' warps.
     """
     image = frames[current]
     others = [other for other in frames if other != current]

@@ -104,6 +104,9 @@ explains the change better than the fit (:func:`_explained` the other way round)
 of the cell and ten times as often as the fit explains it better than no motion (on rendered
 clips with a moving camera, drops on the glass did so in at most 3 of the 24 cells, the still
 scene beside a thing crossing half the frame in 9)."""
+STUCK_HOLE = 0.1
+"""Holes in the stuck map (below 0.5) up to the area of a square this fraction of the frame width
+wide, enclosed by it, are stuck too: the smooth inside of a wide clear drop."""
 STUCK_BLOB = 0.05
 """Stuck drops that a disc this fraction of the frame width wide fits into are blobs: a wide drop's
 blurred rim around them (:data:`DROP_MARGIN`) is no scene either. Thin ones (burned-in text) keep
@@ -534,6 +537,18 @@ def stuck_map(neighbours: list[Neighbour], lumas: np.ndarray, typical: np.ndarra
     return (outlier * _smooth_step(stillness, STILL_LOW, STILL_HIGH)).astype(np.float32)
 
 
+def _holes_filled(stuck: np.ndarray) -> np.ndarray:
+    """``stuck`` with its holes (:data:`STUCK_HOLE`) stuck too. A wide clear drop's inside is a
+    smooth, minified view that looks the same a few pixels further on, so the near neighbours,
+    which still show the drop there, match it and the map finds only the drop's rim."""
+    h, w = stuck.shape
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((stuck < 0.5).astype(np.uint8), connectivity=4)
+    left, top, width, height, area = stats.T
+    enclosed = (left > 0) & (top > 0) & (left + width < w) & (top + height < h) & (area <= (STUCK_HOLE * w) ** 2)
+    enclosed[0] = False  # label 0: the stuck pixels themselves
+    return np.maximum(stuck, enclosed[labels].astype(np.float32))
+
+
 def _median_where(values: np.ndarray, keep: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """The median over axis 0 of the ``values`` that ``keep`` marks; ``fallback`` where it marks none."""
     count = keep.sum(axis=0)[None]
@@ -575,7 +590,7 @@ def fuse_frame(
     neighbours = list(pool.map(lambda other: _neighbour(own, own_small, current, other, frames, drops, flows), others))
     lumas = np.stack([n.luma for n in neighbours])
     typical = np.median(lumas, axis=0)
-    stuck = stuck_map(neighbours, lumas, typical) if find_missed else np.zeros_like(typical)
+    stuck = _holes_filled(stuck_map(neighbours, lumas, typical)) if find_missed else np.zeros_like(typical)
     drop = np.maximum(drops[current], _resized(stuck, own.shape))
     if not drop.any():
         return image

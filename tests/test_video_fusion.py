@@ -8,7 +8,7 @@ import pytest
 
 from derain.engine import Derainer
 from derain.frames import derain_frames
-from derain.fusion import FRAMES_IN_FLIGHT, FlowField, fuse, luma8, neighbour_offsets
+from derain.fusion import FRAMES_IN_FLIGHT, FlowField, _holes_filled, fuse, luma8, neighbour_offsets
 from derain.video_eval import consecutive_flows, flicker
 
 SHIFT = 3  # pixels the scene moves left per frame
@@ -94,6 +94,20 @@ def test_a_wide_soft_drop_the_model_left_unseen_is_filled_from_the_frames_that_s
     before = np.abs(damaged[8][drop].astype(int) - truth[8][drop]).mean()
     after = np.abs(fused[8][drop].astype(int) - truth[8][drop]).mean()
     assert before > 30 and after < before / 2
+
+
+def test_the_inside_of_a_stuck_ring_is_stuck_unless_it_is_wide_or_open_to_the_edge() -> None:
+    """A wide clear drop's smooth inside looks the same a few pixels on, so the neighbours find only its rim."""
+    stuck = np.zeros((60, 100), np.float32)
+    cv2.circle(stuck, (30, 30), 6, 1.0, 2)  # a drop's rim around a 9-px hole: within 10 % of the width
+    cv2.circle(stuck, (75, 30), 15, 1.0, 2)  # a hole too wide to be a drop's inside
+    cv2.rectangle(stuck, (-5, 45), (12, 70), 0.8, 2)  # a hole open to the frame's edge
+
+    filled = _holes_filled(stuck)
+
+    assert filled[30, 30] == 1.0 and filled[27:34, 27:34].min() == 1.0
+    assert filled[30, 75] == 0.0 and filled[55, 4] == 0.0
+    assert np.array_equal(filled[stuck > 0], stuck[stuck > 0])
 
 
 def test_something_moving_on_its_own_is_no_drop() -> None:

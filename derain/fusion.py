@@ -569,16 +569,16 @@ def fuse_frame(
     """Frame ``current`` with drop pixels taken from the neighbours in ``frames`` that saw them clear.
 
     Drops are where this frame's drop map (:func:`drop_map`) or, with ``find_missed``, the
-    neighbours (:func:`stuck_map`) say so. There the frame's pixel moves towards the neighbours'
-    consensus: their warped pixels weighted by how far each saw the spot clear, its flow holds and
-    its look agrees with this frame's around there (:func:`agreement`, which leaves out the frame's
-    stuck drops and the blurred rims of the wide ones), and by how close each is to the neighbours'
-    median (a neighbour's own missed drop is outvoted). That median leaves out the neighbours whose
-    warped pixel comes from their own drops or from where this frame has stuck drops: drops stay on
-    the glass, so those neighbours show the same drop there, and the near frames of a slow pan
-    would outvote the few that see behind a wide drop. The more weight the neighbours bring, the
-    further it moves; elsewhere the output is the frame's own. The ``pool``'s threads compute the
-    flows and the neighbours' warps.
+    neighbours (:func:`stuck_map`, its holes filled: :func:`_holes_filled`) say so. There the
+    frame's pixel moves towards the neighbours' consensus: their warped pixels weighted by how far
+    each saw the spot clear, its flow holds and its look agrees with this frame's around there
+    (:func:`agreement`, which leaves out the frame's stuck drops and the blurred rims of the wide
+    ones), and by how close each is to the neighbours' median (a neighbour's own missed drop is
+    outvoted). That median leaves out the neighbours whose warped pixel comes from their own drops
+    or from where this frame has stuck drops: drops stay on the glass, so those neighbours show the
+    same drop there, and the near frames of a slow pan would outvote the few that see behind a wide
+    drop. The more weight the neighbours bring, the further it moves; elsewhere the output is the
+    frame's own. The ``pool``'s threads compute the flows and the neighbours' warps.
     """
     image = frames[current]
     others = [other for other in frames if other != current]

@@ -594,7 +594,7 @@ def fuse_frame(
     drop = np.maximum(drops[current], _resized(stuck, own.shape))
     if not drop.any():
         return image
-    scene = _unstuck(stuck)  # once: the same for every neighbour
+    scene = _unstuck(stuck) if find_missed else None  # once: the same for every neighbour
     agrees = pool.map(lambda other: agreement(flows, current, other, scene), others)
     if find_missed:  # the consensus of the neighbours that see the scene where the frame has stuck drops
         behind = [n.clear * (1.0 - warp(stuck, flows.flow(current, other))[0]) for n, other in zip(neighbours, others)]

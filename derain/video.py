@@ -276,7 +276,7 @@ def clean_video(
 ) -> int:
     """Derain the video ``src`` into ``dst``; returns the number of frames written.
 
-    ``fuse`` takes pixels from frames up to ``radius`` away on each side (1, 2, 4 … apart)
+    ``fuse`` takes pixels from frames up to ``radius`` away on each side (1, 2, 3, 4, 6, 8, 12 … apart)
     where they saw the scene behind a drop (see :mod:`derain.fusion`; ``find_missed=False``:
     only where the model saw drops); ``start``/``end``
     (seconds) do a part, its timestamps shifted to begin at zero. ``on_frame(n)`` is called

@@ -8,7 +8,17 @@ import pytest
 
 from derain.engine import Derainer
 from derain.frames import derain_frames
-from derain.fusion import FRAMES_IN_FLIGHT, FlowField, _holes_filled, fuse, luma8, neighbour_offsets
+from derain.fusion import (
+    FRAMES_IN_FLIGHT,
+    ZOOMS,
+    FlowField,
+    _change,
+    _holes_filled,
+    _scene_motion,
+    fuse,
+    luma8,
+    neighbour_offsets,
+)
 from derain.video_eval import consecutive_flows, flicker
 
 SHIFT = 3  # pixels the scene moves left per frame
@@ -134,7 +144,8 @@ def test_what_moves_with_the_camera_keeps_its_inside_and_all_of_it_with_model_dr
     kept = list(fuse([(f, f, blind) for f in frames], radius=8, find_missed=False))
 
     assert np.abs(fused[6][95:].astype(int) - frames[6][95:]).max() <= 1  # every neighbour shows it there too
-    assert np.abs(fused[6][:25].astype(int) - frames[6][:25]).mean() < 2  # the text stays legible
+    text = [np.abs(a[:25].astype(int) - f[:25]).mean() for a, f in zip(fused, frames)]
+    assert np.mean(text) < 1.6 and max(text) < 2.5  # the text stays legible
     assert all(np.array_equal(a, b) for a, b in zip(kept, frames))
 
 
@@ -161,6 +172,69 @@ def test_drops_too_dense_for_optical_flow_do_not_hide_the_camera_motion() -> Non
     before = np.abs(damaged[8][drops].astype(int) - truth[8][drops]).mean()
     after = np.abs(fused[8][drops].astype(int) - truth[8][drops]).mean()
     assert after < 0.9 * before
+
+
+def sharp_drops(frame: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``frame`` with ``count`` sharp drops of 3–6 px radius, with dark rims, painted on."""
+    rng = np.random.default_rng(seed)
+    glass = frame.copy()
+    h, w = frame.shape[:2]
+    for _ in range(count):
+        centre, radius = (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(3, 7))
+        cv2.circle(glass, centre, radius, tuple(int(v) for v in rng.integers(60, 200, 3)), -1)
+        cv2.circle(glass, centre, radius, (20, 20, 20), 1)
+    return glass
+
+
+def zooming(views: list[np.ndarray], width: int = 160, height: int = 120) -> list[np.ndarray]:
+    """Frames of a smooth scene seen through 2×3 affine ``views`` (frame pixel to scene pixel)."""
+    scene = textured_scene(3 * width, 5 * height // 2, grain=8)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return [cv2.warpAffine(scene, view, (width, height), flags=flags) for view in views]
+
+
+def corner_error(motion: np.ndarray, truth: np.ndarray, width: int = 160, height: int = 120) -> float:
+    corners = np.float32([[0, 0], [width, 0], [0, height], [width, height]]).reshape(-1, 1, 2)
+    return float(np.abs(cv2.perspectiveTransform(corners, motion) - cv2.perspectiveTransform(corners, truth)).max())
+
+
+def test_a_camera_zooming_out_behind_dense_drops_the_model_missed_is_followed() -> None:
+    """A third of the frame under sharp drops the model missed, a pan of 5 px and a zoom out of
+    1 % per frame: optical flow's fit partly follows the drops, so it is made only where the
+    flow explains the change, and where it still explains too little the correlation's shifts
+    at a few zooms are tried (before: 4.7 px off at the corners per step on average)."""
+    views = [np.array([[0.99**t, 0, 100 + 5 * t], [0, 0.99**t, 80 + 2 * t], [0, 0, 1]]) for t in range(9)]
+    truth = zooming([view[:2] for view in views])
+    glass = sharp_drops(truth[0], 160, seed=3)
+    drops = np.any(glass != truth[0], axis=2)
+    flows = FlowField()
+    for i, f in enumerate(truth):
+        flows.add(i, luma8(np.where(drops[..., None], glass, f)))
+
+    errors = [corner_error(flows.camera(t, t + 1), np.linalg.inv(views[t + 1]) @ views[t]) for t in range(8)]
+    assert np.mean(errors) < 2.5
+
+
+def test_the_scenes_zoom_is_found_behind_drops_that_stay_put() -> None:
+    """Where the fit failed, the scene's motion is a correlation peak away from zero shift; with a
+    2 % zoom per step a shift alone is 2 px off at the corners, and a zoom found with it is not."""
+    views = [
+        np.array([[1.0, 0, 120], [0, 1.0, 90], [0, 0, 1]]),
+        np.array([[1 / 1.02, 0, 128], [0, 1 / 1.02, 93], [0, 0, 1]]),
+    ]
+    truth = zooming([view[:2] for view in views])
+    glass = sharp_drops(truth[0], 160, seed=3)
+    drops = np.any(glass != truth[0], axis=2)
+    first, second = (luma8(np.where(drops[..., None], glass, f)).astype(np.float32) for f in truth)
+    still = _change(first, second)
+    true = np.linalg.inv(views[1]) @ views[0]
+
+    found = _scene_motion(first, second, still, 0.0, ZOOMS)
+    shift_only = _scene_motion(first, second, still, 0.0, (1.0,))
+    assert found is not None and shift_only is not None
+    assert corner_error(shift_only, true) > 2 * corner_error(found, true)
+    assert corner_error(found, true) < 1.0
+    assert _scene_motion(first, second, still, 1.0, ZOOMS) is None  # nothing explains more than all
 
 
 def assert_still_camera_changes_nothing(frames: list[np.ndarray]) -> None:
@@ -319,11 +393,12 @@ def test_fusion_reads_only_a_window_of_frames_ahead_of_what_it_gave_out() -> Non
     assert max(lags) > 2 + 1, "several frames were fused at once"
 
 
-def test_neighbours_are_powers_of_two_up_to_the_window() -> None:
+def test_neighbours_are_powers_of_two_and_halfway_between_up_to_the_window() -> None:
     assert neighbour_offsets(0) == []
     assert neighbour_offsets(1) == [-1, 1]
-    assert neighbour_offsets(12) == [-1, 1, -2, 2, -4, 4, -8, 8, -12, 12]
-    assert neighbour_offsets(16)[-2:] == [-16, 16]
+    assert neighbour_offsets(12) == [-1, 1, -2, 2, -3, 3, -4, 4, -6, 6, -8, 8, -12, 12]
+    assert neighbour_offsets(16) == [-1, 1, -2, 2, -3, 3, -4, 4, -6, 6, -8, 8, -12, 12, -16, 16]
+    assert neighbour_offsets(5)[-2:] == [-5, 5]
 
 
 def test_fusion_changes_nothing_without_drops_or_without_motion() -> None:

@@ -42,7 +42,7 @@ window_option = click.option(
     show_default=True,
     type=click.IntRange(0, 32),
     help="How many frames away, on each side, fusion looks for what a drop hides; it uses the frames "
-    "1, 2, 4, 8 … and N away (0 = per frame). A slow pan needs a wide window to see behind a large drop.",
+    "1, 2, 3, 4, 6, 8, 12 … and N away (0 = per frame). A slow pan needs a wide window to see behind a large drop.",
 )
 
 
@@ -96,7 +96,7 @@ def video_cmd(
     (optical flow, on by default); a drop the model missed is found by how it stays in place
     while the scene moves, and things moving on their own are left alone (a bonnet or
     burned-in text moves with the camera like a drop: see --model-drops-only). Fusion asks the
-    frames 1, 2, 4, 8 and 16 away on each side (--window), far enough for a slow pan to
+    frames 1, 2, 3, 4, 6, 8, 12 and 16 away on each side (--window), far enough for a slow pan to
     uncover what a large drop hides; only about 2·N frames are held. Frame count, frame rate,
     timestamps, size, colour tags and rotation are kept; audio and subtitles are copied
     untouched; video is encoded as H.264. Anything FFmpeg reads works (mp4, mov, mkv, avi,

@@ -509,7 +509,7 @@ def consistency(flows: FlowField, a: int, b: int) -> np.ndarray:
     """0…1 per pixel of frame a (flow resolution): does b's flow lead back, and does x + F(x) lie inside b?"""
     forward = flows.flow(a, b)
     backward, inside = warp(flows.flow(b, a), forward)
-    error = np.linalg.norm(forward + backward, axis=2)
+    error = np.sqrt(_sum_of_squares(forward + backward))
     return np.exp(-((error / CONSISTENCY) ** 2)) * inside
 
 
@@ -584,8 +584,14 @@ def _blurred(plane: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(plane, (0, 0), MISMATCH_BLUR)
 
 
+def _sum_of_squares(vectors: np.ndarray) -> np.ndarray:
+    """The sum of squares over the last axis, the same bits that ``np.linalg.norm`` and ``np.mean``
+    sum, in a third of their time for a few channels (they reduce each pixel's short axis apart)."""
+    return np.einsum("...c,...c->...", vectors, vectors)
+
+
 def _mean_square(difference: np.ndarray) -> np.ndarray:
-    return _blurred(np.mean(difference * difference, axis=2))
+    return _blurred(_sum_of_squares(difference) / difference.shape[2])
 
 
 def _neighbour(
@@ -605,7 +611,7 @@ def _neighbour(
     seen_small = _levels(_resized(seen, flow.shape))
     mismatch = _mean_square(own_small - seen_small)
     pixels = own.shape[1] / flow.shape[1]  # frame pixels per flow pixel
-    moved = np.clip(np.linalg.norm(flow, axis=2) * (pixels / MOVED_FULL), 0.0, 1.0)
+    moved = np.clip(np.sqrt(_sum_of_squares(flow)) * (pixels / MOVED_FULL), 0.0, 1.0)
     unwarped = _mean_square(own_small - _levels(_resized(frames[other], flow.shape)))
     still = moved * mismatch / (mismatch + unwarped + STILL_FLOOR**2)
     clear = (1.0 - covered) * consistency(flows, current, other)

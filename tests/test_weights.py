@@ -156,13 +156,26 @@ def test_averaging_takes_the_mean_of_every_tensor(tmp_path):
     mean, info = load_weights(average_weights(paths, tmp_path / "mean.safetensors"))
     (a, _), (b, _) = (load_weights(p) for p in paths)
     assert info.config == TINY
-    assert info.meta == {"average_of": [{"file": str(p), "steps": seed} for p, seed in zip(paths, (1, 2))]}
+    assert info.meta == {"average_of": [{"file": str(p), "parts": 1, "steps": seed} for p, seed in zip(paths, (1, 2))]}
     for key, value in mean.state_dict().items():
         expected = (a.state_dict()[key] + b.state_dict()[key]) / 2
         assert torch.allclose(value, expected, atol=1e-3), key
     other = save_weights(tiny_model(config=OFFICIAL), tmp_path / "other.safetensors")
     with pytest.raises(WeightsError, match="different architecture"):
         average_weights([paths[0], other], tmp_path / "bad.safetensors")
+
+
+def test_a_repeated_source_weighs_more_and_is_recorded_once(tmp_path):
+    paths = [save_weights(tiny_model(seed), tmp_path / f"{seed}.safetensors", {"steps": seed}) for seed in (1, 2)]
+    mean, info = load_weights(average_weights([paths[0], paths[1], paths[1]], tmp_path / "mean.safetensors"))
+    (a, _), (b, _) = (load_weights(p) for p in paths)
+    assert info.meta["average_of"] == [
+        {"file": str(paths[0]), "parts": 1, "steps": 1},
+        {"file": str(paths[1]), "parts": 2, "steps": 2},
+    ]
+    for key, value in mean.state_dict().items():
+        expected = (a.state_dict()[key] + 2 * b.state_dict()[key]) / 3
+        assert torch.allclose(value, expected, atol=1e-3), key
 
 
 def test_an_average_runs_with_the_gate_only_when_all_its_weights_did(tmp_path):

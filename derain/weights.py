@@ -288,7 +288,8 @@ def average_weights(sources: list[str | Path], path: Path) -> Path:
     """Write the mean of several weights files of one architecture (a "model soup").
 
     Two runs that end near the same optimum often average to a better model than either; the
-    earlier shipped ``derain-v5`` and ``derain-v7`` were such means.
+    earlier shipped ``derain-v5`` and ``derain-v7`` were such means. A source listed twice counts
+    twice: ``[run, shipped, shipped]`` is the 1:2 mean that keeps most of the shipped behaviour.
     """
     models = [load_weights(source) for source in sources]
     target, info = models[0]

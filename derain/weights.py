@@ -291,22 +291,22 @@ def average_weights(sources: list[str | Path], path: Path) -> Path:
     earlier shipped ``derain-v5`` and ``derain-v7`` were such means. A source listed twice counts
     twice: ``[run, shipped, shipped]`` is the 1:2 mean that keeps most of the shipped behaviour.
     """
-    models = [load_weights(source) for source in sources]
-    target, info = models[0]
-    for _, other in models[1:]:
+    # Each distinct source is loaded once and recorded once, with how many parts of the mean it
+    # is: soups of soups (1:2 with the shipped weights, each generation) would otherwise repeat
+    # whole provenance trees.
+    parts = Counter(str(source) for source in sources)
+    models = {source: load_weights(source) for source in parts}
+    target, info = next(iter(models.values()))
+    for _, other in models.values():
         if (other.config, other.channel_order) != (info.config, info.channel_order):
             raise WeightsError(f"{other.source}: a different architecture from {info.source}; cannot average")
-    states = [model.state_dict() for model, _ in models]
+    states = [models[str(source)][0].state_dict() for source in sources]
     with torch.no_grad():
         for name, tensor in target.state_dict().items():
             if tensor.is_floating_point():
                 tensor.copy_(torch.stack([state[name].float() for state in states]).mean(0))
-    # Each distinct source once, with how many parts of the mean it is: soups of soups (1:2 with
-    # the shipped weights, each generation) would otherwise repeat whole provenance trees.
-    parts = Counter(str(source) for source in sources)
-    metas = {str(source): meta.meta for source, (_, meta) in zip(sources, models)}
-    provenance = [{"file": source, "parts": count, **metas[source]} for source, count in parts.items()]
-    gate = {"gate": True} if all(meta.gate for _, meta in models) else {}  # validated with it, all
+    provenance = [{"file": source, "parts": count, **models[source][1].meta} for source, count in parts.items()]
+    gate = {"gate": True} if all(meta.gate for _, meta in models.values()) else {}  # validated with it, all
     return save_weights(target, path, {"average_of": provenance, **gate}, info.channel_order)
 
 

@@ -141,7 +141,7 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
 rule_sets() {  # DATA: the ship rule's drop-free photos and renderer-v2 validation pairs, into $WORK
   local data=$1
   [ -d "$WORK/dropfree" ] || "${DERAIN[@]}" synth "$data/clean" -o "$WORK/dropfree" --count 23 --split val \
-    --seed 3000 --set empty_prob=1 --set drop_focus_prob=0 --set night_prob=0 > /dev/null
+    --seed 3000 --set empty_prob=1 --set drop_focus_prob=0 --set night_prob=0 --set overcast_prob=0 > /dev/null
   if [ -f "$data/synth_v2.py" ] && [ ! -d "$WORK/v2val" ]; then
     render_v2 "$data" "$WORK/v2val" 48 val 1000
   fi

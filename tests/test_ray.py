@@ -228,3 +228,32 @@ def test_without_ray_a_one_line_hint(tmp_path: Path, model: list[str], monkeypat
     photo(tmp_path / "in" / "1.png", np.random.default_rng(0))
     assert_fails(run("batch", tmp_path / "in", "--engine", "ray", *model), 2, 'pip install "derain[ray]"')
     assert not (tmp_path / "in_derained").exists()
+
+
+class _Cluster:
+    """What the actor pool reads of a Ray cluster: its total resources and its nodes (one dead)."""
+
+    def __init__(self, gpus: int, cpus_per_node: list[int]) -> None:
+        self.gpus, self.cpus_per_node = gpus, cpus_per_node
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": float(sum(self.cpus_per_node))} | ({"GPU": float(self.gpus)} if self.gpus else {})
+
+    def nodes(self) -> list[dict]:
+        alive = [{"Alive": True, "Resources": {"CPU": float(c)}} for c in self.cpus_per_node]
+        return alive + [{"Alive": False, "Resources": {"CPU": 96.0}}]
+
+
+def test_actors_take_one_gpu_each_where_the_cluster_has_gpus() -> None:
+    """No GPU here to run it on, so the pool's choice is checked on a stand-in for the cluster."""
+    from derain.distributed import SetupFailed, _pool
+
+    gpus = _Cluster(gpus=8, cpus_per_node=[32, 32])
+    assert _pool(gpus, "auto", None, 100) == (8, {"num_gpus": 1})
+    assert _pool(gpus, "cuda", 3, 100) == (3, {"num_gpus": 1}), "--workers caps the pool"
+    assert _pool(gpus, "auto", None, 2) == (2, {"num_gpus": 1}), "never more actors than files"
+    assert _pool(gpus, "cpu", None, 100) == (2, {"num_cpus": 32}), "--device cpu: one actor per live node"
+    cpus = _Cluster(gpus=0, cpus_per_node=[16, 8])
+    assert _pool(cpus, "auto", None, 100) == (2, {"num_cpus": 8})
+    with pytest.raises(SetupFailed, match="no GPUs"):
+        _pool(cpus, "cuda", None, 100)

@@ -11,10 +11,11 @@ confusion of the glass plane (tens of pixels for real phones); focused on the gl
 sharp and the scene blurred. Night scenes get a low exposure, lamps (bright, so that drops seeing
 them light up as bokeh discs) and glare; a wet-glass haze, sensor noise and JPEG finish the photo.
 
-Scene effects (night, focus, noise, JPEG) touch the clean target too: the network learns to remove
-drops, not to denoise, relight or deblur. Every number lives in :class:`RenderConfig`; lengths are
-pixels of a 720-px-wide frame, scaled to the rendered width. Random draws never depend on the
-photo's content, so one seed renders the same drops (and camera) on any photo of the same size.
+Scene effects (rain-day light, night, focus, noise, JPEG) touch the clean target too: the network
+learns to remove drops, not to denoise, relight or deblur. Every number lives in
+:class:`RenderConfig`; lengths are pixels of a 720-px-wide frame, scaled to the rendered width.
+Random draws never depend on the photo's content, so one seed renders the same drops (and camera)
+on any photo of the same size.
 """
 
 from __future__ import annotations
@@ -471,8 +472,8 @@ def _drop_radiance(
 
 def rain_day_light(scene: np.ndarray, rng: np.random.Generator, cfg: RenderConfig) -> np.ndarray:
     """``scene`` (H×W×3 sRGB in [0, 1]) as an overcast sky would light it, with ``overcast_prob``:
-    less saturated, its highlights flatter. Real rainy photos are taken on grey days, and a model
-    trained only on sunlit scenes learns to take any flat grey look for the water's veil."""
+    less saturated, its highlights flatter. Real rainy photos are taken on grey days; a model that
+    sees flat grey light only on rainy inputs may take it for the water's veil."""
     if rng.random() >= cfg.overcast_prob:
         return scene
     grey = scene.mean(axis=2, keepdims=True)

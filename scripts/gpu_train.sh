@@ -81,7 +81,8 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # SMALL_CORES processes (default half) render small dense drops instead, a quarter as many (each
   # takes 3-5x as long; the renders end inside gpu_bench.sh's 230 s): the drops the shipped weights
   # miss, the only data that lifted the real pairs in a CPU fine-tune (weights/README.md, "Small
-  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
+  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2", or
+  # SETS="overcast_prob=0" for renderer 3.7's light (3.8 greys half the daylight scenes)
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
   local small=${SMALL_CORES:-$((cores / 2))}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done

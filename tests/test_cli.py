@@ -813,6 +813,18 @@ def test_eval_json_is_strict_when_predictions_equal_the_truth(tmp_path: Path, rn
     assert scores["mean_ssim"] == pytest.approx(1.0)
 
 
+def test_eval_of_drop_free_photos_only_reports_their_change_and_no_empty_mean(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    _pairs(tmp_path / "set", rng, count=2)
+    for gt in (tmp_path / "set" / "gt").iterdir():  # drop-free: each rainy photo is its clean twin
+        shutil.copy(gt, tmp_path / "set" / "data" / gt.name.replace("_clean", "_rain"))
+    result = run("eval", tmp_path / "set", "--pred", tmp_path / "set" / "pred")
+    assert_ok(result)
+    assert "2 drop-free image(s): output" in result.output
+    assert "nan" not in result.output and "averaged" not in result.output
+
+
 def test_eval_runs_the_model(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     _pairs(tmp_path / "set", rng, count=2)
     result = run("eval", tmp_path / "set", "--json", tmp_path / "new" / "scores.json", *model)

@@ -70,16 +70,18 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
     table = Table("image", "PSNR", "SSIM", "input PSNR", "input SSIM", *(["attention IoU"] if iou is not None else []))
     for row in rows:
         table.add_row(*row)
-    table.add_section()
-    means = _cells(report.mean_psnr, report.mean_ssim, report.input_mean_psnr, report.input_mean_ssim, iou)
-    table.add_row("[bold]mean", *(f"[bold]{m}" for m in means))
+    if report.scored:  # a set of drop-free photos only has no mean over the input to show
+        table.add_section()
+        means = _cells(report.mean_psnr, report.mean_ssim, report.input_mean_psnr, report.input_mean_ssim, iou)
+        table.add_row("[bold]mean", *(f"[bold]{m}" for m in means))
     console.print(table)
-    gain = report.mean_psnr - report.input_mean_psnr
-    console.print(
-        f"{len(report.scored)} of {len(report.images)} images averaged: PSNR {report.mean_psnr:.2f} dB "
-        f"({gain:+.2f} dB over the input), SSIM {report.mean_ssim:.4f}"
-        + ("" if iou is None else f", attention IoU {iou:.3f} (pooled over masked images)")
-    )
+    if report.scored:
+        gain = report.mean_psnr - report.input_mean_psnr
+        console.print(
+            f"{len(report.scored)} of {len(report.images)} images averaged: PSNR {report.mean_psnr:.2f} dB "
+            f"({gain:+.2f} dB over the input), SSIM {report.mean_ssim:.4f}"
+            + ("" if iou is None else f", attention IoU {iou:.3f} (pooled over masked images)")
+        )
     if report.drop_free_psnr:
         mean, worst = report.drop_free_psnr
         console.print(

@@ -11,11 +11,10 @@ confusion of the glass plane (tens of pixels for real phones); focused on the gl
 sharp and the scene blurred. Night scenes get a low exposure, lamps (bright, so that drops seeing
 them light up as bokeh discs) and glare; a wet-glass haze, sensor noise and JPEG finish the photo.
 
-Scene effects (rain-day light, night, focus, noise, JPEG) touch the clean target too: the network
-learns to remove drops, not to denoise, relight or deblur. Every number lives in
-:class:`RenderConfig`; lengths are pixels of a 720-px-wide frame, scaled to the rendered width.
-Random draws never depend on the photo's content, so one seed renders the same drops (and camera)
-on any photo of the same size.
+Scene effects (night, focus, noise, JPEG) touch the clean target too: the network learns to remove
+drops, not to denoise, relight or deblur. Every number lives in :class:`RenderConfig`; lengths are
+pixels of a 720-px-wide frame, scaled to the rendered width. Random draws never depend on the
+photo's content, so one seed renders the same drops (and camera) on any photo of the same size.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from . import optics
 from .imageio import is_image_path, read_image
 from .visualize import to_uint8
 
-RENDERER_VERSION = "3.8"
+RENDERER_VERSION = "3.7"
 """3.1: the wet-glass veil and the night glare lie where the water is (none on dry glass).
 3.2: at night every drop glows with the lamp light its wide view gathers; bokeh may have a rim.
 3.3: a fainter night glow (at most 0.5, not 1.5: stronger made opaque blobs) and rims on half the shots.
@@ -45,10 +44,7 @@ bokeh discs: small drops show discs as real night photos do, large ones bright s
 has no large drops (one large drop took a sparse drizzle's whole water).
 3.7: drops stand apart: one landing on water merges only with ``merge_prob`` (any overlap, not
 just a large one), as on real glass, where even dense water is a field of separate round drops;
-before, dense renders merged into networks of worm-shaped water seen on no real photo.
-3.8: rain-day light: by day, half the scenes get an overcast sky's flat, grey light (the clean
-photos are mostly sunny; real rainy ones are not), the clean target too. With ``overcast_prob=0``
-the renders are 3.7's, byte for byte."""
+before, dense renders merged into networks of worm-shaped water seen on no real photo."""
 
 #: Layout of the Raindrop dataset (Qian et al.), which ``derain train`` and ``derain eval`` read.
 RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
@@ -139,14 +135,6 @@ class RenderConfig:
     specular_prob: float = 0.5
     specular_strength: tuple[float, float] = (0.3, 2.0)
     specular_power: float = 60.0
-    overcast_prob: float = 0.5
-    """Chance of rain-day light by day: the scene as an overcast sky lights it, in the rainy photo
-    and the clean target alike (a veil is what the water adds; flat grey light is not rain)."""
-    overcast_saturation: tuple[float, float] = (0.25, 0.75)
-    """Share of the scene's colour saturation kept under an overcast sky (a blue sky turns grey)."""
-    overcast_contrast: tuple[float, float] = (0.6, 0.9)
-    """Share of its highlights' contrast (sRGB, above the mean) kept: no sunlit surfaces or blue sky.
-    Darker tones stay: black things stay black (a lifted black point is the water's veil)."""
     haze_prob: float = 0.5
     haze: tuple[float, float] = (0.02, 0.3)
     """Wet-glass veil: fraction of light scattered into a milky layer, strongest among the drops."""
@@ -470,19 +458,6 @@ def _drop_radiance(
     return radiance
 
 
-def rain_day_light(scene: np.ndarray, rng: np.random.Generator, cfg: RenderConfig) -> np.ndarray:
-    """``scene`` (H×W×3 sRGB in [0, 1]) as an overcast sky would light it, with ``overcast_prob``:
-    less saturated, its highlights flatter. Real rainy photos are taken on grey days; a model that
-    sees flat grey light only on rainy inputs may take it for the water's veil."""
-    if rng.random() >= cfg.overcast_prob:
-        return scene
-    grey = scene.mean(axis=2, keepdims=True)
-    graded = grey + _uniform(rng, cfg.overcast_saturation) * (scene - grey)
-    mean = float(graded.mean())
-    flat = mean + _uniform(rng, cfg.overcast_contrast) * (graded - mean)
-    return np.clip(np.where(graded > mean, flat, graded), 0.0, 1.0).astype(np.float32)
-
-
 def _to_8bit_and_back(image: np.ndarray, quality: int | None) -> np.ndarray:
     """Quantise to 8 bits, through a JPEG file when ``quality`` is given."""
     image8 = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -502,8 +477,6 @@ def render_raindrops(clean: np.ndarray, rng: np.random.Generator, cfg: RenderCon
     scale = w / REFERENCE_WIDTH
     shot = draw_shot(rng, w, cfg)
     empty = rng.random() < cfg.empty_prob
-    if not shot.night:
-        clean = rain_day_light(clean, rng.spawn(1)[0], cfg)  # its own stream: 3.7's draws stay as they were
     scene = optics.srgb_to_linear(clean.astype(np.float32))
     lamps = None
     if shot.night:

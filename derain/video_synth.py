@@ -51,9 +51,8 @@ SLIDE_SPEED = (0.5, 3.0)
 SLIDE_SHARE = 0.3
 """Share of the stand-alone drops that slide, in a clip that has sliding drops."""
 DROP_TRIES = 20
-#: The clip's drops are rendered without the renderer's sensor noise, which is drawn per frame here,
-#: and in renderer 3.7's light, so that the clips behind the video figures in the README stay as they were.
-CLIP_RENDER = replace(RenderConfig(), noise_prob=0.0, overcast_prob=0.0)
+#: The clip's drops are rendered without the renderer's sensor noise, which is drawn per frame here.
+CLIP_RENDER = replace(RenderConfig(), noise_prob=0.0)
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,7 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # SMALL_CORES processes (default half) render small dense drops instead, a quarter as many (each
   # takes 3-5x as long; the renders end inside gpu_bench.sh's 230 s): the drops the shipped weights
   # miss, the only data that lifted the real pairs in a CPU fine-tune (weights/README.md, "Small
-  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2", or
-  # SETS="overcast_prob=0" for renderer 3.7's light (3.8 greys half the daylight scenes)
+  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
   local small=${SMALL_CORES:-$((cores / 2))}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done
@@ -142,7 +141,7 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
 rule_sets() {  # DATA: the ship rule's drop-free photos and renderer-v2 validation pairs, into $WORK
   local data=$1
   [ -d "$WORK/dropfree" ] || "${DERAIN[@]}" synth "$data/clean" -o "$WORK/dropfree" --count 23 --split val \
-    --seed 3000 --set empty_prob=1 --set drop_focus_prob=0 --set night_prob=0 --set overcast_prob=0 > /dev/null
+    --seed 3000 --set empty_prob=1 --set drop_focus_prob=0 --set night_prob=0 > /dev/null
   if [ -f "$data/synth_v2.py" ] && [ ! -d "$WORK/v2val" ]; then
     render_v2 "$data" "$WORK/v2val" 48 val 1000
   fi

@@ -112,41 +112,6 @@ def test_empty_samples_are_identical_pairs_even_with_noise_and_jpeg():
     assert not np.array_equal(target, np.round(clean * 255) / 255), "noise and JPEG reach the clean side too"
 
 
-def _colourful(height: int = 120, width: int = 160) -> np.ndarray:
-    """Saturated colours at every brightness, from near black to near white (float RGB in [0, 1])."""
-    yy, xx = np.mgrid[:height, :width] / np.array([height, width])[:, None, None]
-    return np.stack([0.05 + 0.9 * yy, 0.05 + 0.9 * xx * yy, 0.95 - 0.9 * xx], axis=-1).astype(np.float32)
-
-
-def test_rain_day_light_greys_both_images_and_keeps_their_blacks():
-    scene = _colourful()
-    cfg = RenderConfig(empty_prob=1.0, night_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, overcast_prob=1.0)
-    cfg = dataclasses.replace(cfg, overcast_saturation=(0.5, 0.5), overcast_contrast=(0.6, 0.6))
-    rainy, target, _ = render_raindrops(scene, np.random.default_rng(0), cfg)
-    assert np.array_equal(rainy, target), "the light is the scene's, not the water's"
-    colour = lambda image: float(np.mean(image.max(axis=2) - image.min(axis=2)))  # noqa: E731
-    assert colour(target) < 0.8 * colour(scene)
-    luma, graded = scene.mean(axis=2), target.mean(axis=2)
-    dark, bright = luma < np.percentile(luma, 10), luma > np.percentile(luma, 90)
-    assert abs(graded[dark].mean() - luma[dark].mean()) < 2 / 255, "no lifted black point: that is a veil"
-    assert graded[bright].mean() < luma[bright].mean() - 0.05, "no sunlit highlights"
-
-
-def test_rain_day_light_draws_nothing_from_the_drops_stream_and_skips_night():
-    """With or without it, a seed gives the same camera and drops; night scenes are lit by lamps."""
-    scene = _colourful()
-    for night, changed in ((0.0, True), (1.0, False)):
-        renders, streams = [], []
-        for overcast in (0.0, 1.0):
-            rng = np.random.default_rng(7)
-            renders.append(
-                render_raindrops(scene, rng, dataclasses.replace(PLAIN, night_prob=night, overcast_prob=overcast))
-            )
-            streams.append(rng.random())
-        assert streams[0] == streams[1]
-        assert changed != np.array_equal(renders[0].clean, renders[1].clean), f"night_prob={night}"
-
-
 def _cap(size: int, radius: float, angle_deg: float) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
     distance_from_edge = radius - np.hypot(yy, xx)

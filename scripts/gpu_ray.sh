@@ -2,12 +2,13 @@
 # `derain batch --engine ray` on a lent GPU against the local batch on the same photos (issue 16's
 # per-GPU figure through Ray itself). Ray and pyarrow for the device's Python 3.12 are larger than
 # one device call carries (64 MiB with the repository), so `pack` writes them here as two parts,
-# each carried by its own call onto the warm machine, where they stay while it is warm:
-#   here, once:  scripts/gpu_ray.sh pack                  # .whl/ray-a (Ray without its Java jars,
-#                                                          # small deps), .whl/ray-b (pyarrow, pandas)
+# each carried by its own call onto the warm machine, where they stay while it is warm (in .rayw,
+# not .whl, which the session's first call carries whole):
+#   here, once:  scripts/gpu_ray.sh pack                  # .rayw/a (Ray without its Java jars,
+#                                                          # small deps), .rayw/b (pyarrow, pandas)
 #   there (run tool), after the session's other calls, on the same warm machine:
-#     carry [".whl/ray-a"]:  scripts/gpu_ray.sh unpack .whl/ray-a
-#     carry [".whl/ray-b"]:  scripts/gpu_ray.sh unpack .whl/ray-b && scripts/gpu_ray.sh bench "$OUT" gpu_data/clean
+#     carry [".rayw/a"]:  scripts/gpu_ray.sh unpack .rayw/a
+#     carry [".rayw/b"]:  scripts/gpu_ray.sh unpack .rayw/b && scripts/gpu_ray.sh bench "$OUT" gpu_data/clean
 # `bench` crops COUNT (default 240) 720x480 JPEGs from the photos in DIR, cleans them with the local
 # engine and with `--engine ray` (a local Ray on the device: one GPU, one actor), alternately,
 # checks that the outputs are byte-identical, and writes the timings to OUT/ray_gpu.txt.
@@ -20,19 +21,19 @@ py_wheels=(--no-deps --only-binary=:all: --python-version 3.12 --implementation 
 pack() {  # here: the two parts, each well under what a call carries beside the repository
   local tmp
   tmp=$(mktemp -d)
-  mkdir -p .whl/ray-a .whl/ray-b
+  mkdir -p .rayw/a .rayw/b
   python3 -m pip download -q "${py_wheels[@]}" -d "$tmp" ray==2.58.0 pyarrow==25.0.1 pandas==2.3.3 \
     msgpack protobuf jsonschema attrs referencing rpds-py jsonschema-specifications filelock pyyaml fsspec \
     python-dateutil pytz tzdata six
   unzip -q "$tmp"/ray-*.whl -x 'ray/jars/*' -d "$tmp/ray"  # Java workers: not used by Ray Data
   unzip -q "$tmp"/pyarrow-*.whl -d "$tmp/pyarrow"
-  tar cf - -C "$tmp/ray" . | xz -T0 -6 > .whl/ray-a/ray.tar.xz
-  tar cf - -C "$tmp/pyarrow" . | xz -T0 -6 > .whl/ray-b/pyarrow.tar.xz
-  mv "$tmp"/pandas-*.whl .whl/ray-b/
+  tar cf - -C "$tmp/ray" . | xz -T0 -6 > .rayw/a/ray.tar.xz
+  tar cf - -C "$tmp/pyarrow" . | xz -T0 -6 > .rayw/b/pyarrow.tar.xz
+  mv "$tmp"/pandas-*.whl .rayw/b/
   rm "$tmp"/ray-*.whl "$tmp"/pyarrow-*.whl
-  mv "$tmp"/*.whl .whl/ray-a/
+  mv "$tmp"/*.whl .rayw/a/
   rm -rf "$tmp"
-  du -sh .whl/ray-a .whl/ray-b
+  du -sh .rayw/a .rayw/b
 }
 
 unpack() {  # there: PART's tarballs and wheels into $site

@@ -13,6 +13,7 @@
 #   scripts/gpu_session.sh "$OUT"                                        # timeout_s 600
 #   STAGE=fit RUNS="paired:0.5" UNPAIRED=0 scripts/gpu_session.sh "$OUT" # carry nothing:
 #   what the first call brought and rendered stays there while the machine is warm
+# Then, on the same warm machine, two short calls time `--engine ray` on the GPU (scripts/gpu_ray.sh).
 # RUNS lists NAME:IDENTITY pairs (drop-free crop share), trained at once on the one GPU; LR,
 # UNPAIRED and SETS pass through to gpu_train.sh. Score what comes back here with the ship rule
 # (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md, "A second GPU run")

@@ -131,7 +131,8 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
     --init derain-v13 "${unpaired[@]}" --device "$device" --batch 16 --patch 256 \
-    --identity "${IDENTITY:-0.5}" --lr "${LR:-1e-4}" --steps "$steps" --val-every 200 2>&1 | tee "$out/$name.log" || true
+    --identity "${IDENTITY:-0.5}" --lr "${LR:-1e-4}" --steps "$steps" --seed "${SEED:-0}" --val-every 200 2>&1 |
+    tee "$out/$name.log" || true
   local weights=$WORK/$name/final.safetensors  # the whole schedule ran; else the best validation
   [ -f "$weights" ] || weights=$WORK/$name/best.safetensors
   cp "$weights" "$out/$name.safetensors"

@@ -20,7 +20,7 @@
 # worst 37.38; 0.7: 20.96, 38.83), and two seeds say how far a reseed moves them; run it with
 # LR=5e-5 UNPAIRED=0 as those were. Score what comes back here with the ship rule
 # (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md, "A second GPU run")
-# `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with the default RUNS took 484 s, the video
+# `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with RUNS="id5:0.5 id7:0.7" took 484 s, the video
 # bench cut at its 230 s before the 1080p clips: rerun `scripts/gpu_bench.sh OUT video` alone.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu

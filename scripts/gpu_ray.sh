@@ -79,8 +79,9 @@ EOF
       "${derain[@]}" batch "$work/in" -o "$work/$engine" --device "$device" "${extra[@]}" > "$work/$engine.log" 2>&1 ||
         { tail -5 "$work/$engine.log" | tee -a "$out/ray_gpu.txt"; }
       end=$(date +%s.%N)
-      python3 -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); print(f'round $round $engine: $count photos of 720x480 in {s:.1f} s, {int(sys.argv[3]) / s:.1f} photos/s (start-up included)')" \
-        "$start" "$end" "$count" | tee -a "$out/ray_gpu.txt"
+      awk -v s="$start" -v e="$end" -v n="$count" -v what="round $round $engine" 'BEGIN {
+        printf "%s: %d photos of 720x480 in %.1f s, %.1f photos/s (start-up included)\n", what, n, e - s, n / (e - s) }' |
+        tee -a "$out/ray_gpu.txt"
     done
     if diff -rq "$work/local" "$work/ray" > /dev/null; then
       echo "round $round: outputs byte-identical" | tee -a "$out/ray_gpu.txt"

@@ -908,6 +908,18 @@ def test_train_unpaired_adapts_weights_to_real_photos(
     assert not (tmp_path / "r2").exists()
 
 
+def test_train_frozen_attention_needs_trained_weights(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights: Path
+) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    options = ["--steps", "1", "--batch", "1", "--patch", "16", "--freeze-attention"]
+    assert_ok(run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tiny_weights, *options))
+    meta = Derainer(tmp_path / "run" / "final.safetensors", device="cpu").weights_info.meta
+    assert meta["train_config"]["freeze_attention"] is True
+    assert_fails(run("train", tmp_path / "set", "-o", tmp_path / "r2", *options), 2, "add --init")
+    assert not (tmp_path / "r2").exists()
+
+
 def test_train_missing_data(tmp_path: Path) -> None:
     assert_fails(run("train", tmp_path / "nope", "-o", tmp_path / "run"), 1, "no such folder")
     assert not (tmp_path / "run").exists()

@@ -180,6 +180,24 @@ def test_a_fine_tune_of_gated_weights_runs_with_the_gate_too(tmp_path):
     assert not load_weights(tmp_path / "fresh" / "final.safetensors")[1].gate
 
 
+def test_a_frozen_attention_keeps_the_initial_maps_and_trains_the_autoencoder(tmp_path):
+    _write_pairs(tmp_path / "train")
+    init = save_weights(tiny_model(), tmp_path / "init.safetensors", {"gate": True})
+    start = load_weights(init)[0].state_dict()
+    cfg = TrainConfig(steps=3, batch=2, patch=16, warmup=1, lr=1e-2, init_weights=str(init), freeze_attention=True)
+    trainer = train(cfg, tmp_path / "train", tmp_path / "run")
+    assert "att" not in trainer.train_step(), "no attention loss to learn from"
+    trained = trainer.model.state_dict()
+    rnn = [name for name in start if name.startswith("attentive_rnn.")]
+    assert rnn and all(torch.equal(trained[name], start[name]) for name in rnn)
+    assert any(not torch.equal(trained[name], start[name]) for name in start if name not in rnn)
+    exported = load_weights(tmp_path / "run" / "final.safetensors")[0].state_dict()
+    assert all(torch.equal(exported[name], start[name]) for name in rnn), "the EMA keeps them too"
+    fresh = dataclasses.replace(cfg, init_weights=None, generator=TINY.to_dict())
+    with pytest.raises(ValueError, match="trained weights"):
+        Trainer(fresh, tmp_path / "train", tmp_path / "fresh")
+
+
 def test_losses_are_computed_in_fp32_from_bf16_outputs():
     mask = (torch.rand(1, 1, 8, 8) > 0.5).float()
     maps = [mask.to(torch.bfloat16) * 0.9 for _ in range(2)]

@@ -56,6 +56,11 @@ class TrainConfig:
     """Share of the training crops that are drop-free pairs (a clean crop as input and target).
     Rendered pairs teach the model to remove a wet-glass veil, a habit that also darkens hazy,
     low-contrast parts of photos without drops; identity pairs pull it back to "no drops, no change"."""
+    freeze_attention: bool = False
+    """Train the autoencoder alone and keep ``init_weights``' attentive-recurrent network, so the
+    maps, and with them where the attention gate lets changes through, stay as they were. Measured
+    on fine-tunes of `derain-v13` on small dense drops: two seeds landed 0.01 dB apart on the real
+    pairs where the full fine-tune spread 0.4 dB, and a step took half the time."""
     unpaired_dir: str | None = None
     """Real rainy photos without ground truth. The attentive discriminator also sees the
     generator's outputs on them as fakes (clean photos are its reals), so the generator learns to
@@ -171,6 +176,8 @@ class Trainer:
         self.val_data = PairedImages(val_dir, limit=cfg.val_images) if val_dir else None
         if cfg.unpaired_dir and cfg.gan_weight <= 0:
             raise ValueError("unpaired photos only take part through the discriminator: set a gan weight > 0")
+        if cfg.freeze_attention and not cfg.init_weights:
+            raise ValueError("freezing the attention keeps trained maps: start from trained weights (--init)")
         self.unpaired = UnpairedImages(Path(cfg.unpaired_dir)) if cfg.unpaired_dir else None
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -185,6 +192,7 @@ class Trainer:
         else:
             self.model = Generator(GeneratorConfig.from_dict({"residual": cfg.residual, **cfg.generator, **steps}))
             init_for_training(self.model)
+        self.model.attentive_rnn.requires_grad_(not cfg.freeze_attention)
         rnn_params = list(self.model.attentive_rnn.parameters())
         self.optimizer = torch.optim.Adam(
             [
@@ -284,7 +292,7 @@ class Trainer:
         with self._autocast():
             out = None if rnn_only else self.model(rainy)
             maps = self.model.attentive_rnn(rainy) if rnn_only else out.attention
-        parts = {"att": losses.attention_loss(maps, mask)}
+        parts = {} if cfg.freeze_attention else {"att": losses.attention_loss(maps, mask)}
         if out is not None:
             parts["ms"] = losses.multiscale_loss(
                 (out.side_quarter, out.side_half, out.image), clean, distance=cfg.distance

@@ -14,18 +14,20 @@
 #   STAGE=fit RUNS="paired:0.5" UNPAIRED=0 scripts/gpu_session.sh "$OUT" # carry nothing:
 #   what the first call brought and rendered stays there while the machine is warm
 # Then, on the same warm machine, two short calls time `--engine ray` on the GPU (scripts/gpu_ray.sh).
-# RUNS lists NAME:IDENTITY[:SEED] (drop-free crop share, training seed), trained at once on the one
-# GPU; LR, UNPAIRED and SETS pass through to gpu_train.sh. The default, two seeds at 0.6: the 1:2
-# means with derain-v13 of the 2026-11-27 runs bracket the ship rule (0.5: real 21.22, drop-free
-# worst 37.38; 0.7: 20.96, 38.83), and two seeds say how far a reseed moves them; run it with
-# LR=5e-5 UNPAIRED=0 as those were. Score what comes back here with the ship rule
+# RUNS lists NAME:IDENTITY[:SEED[:freeze]] (drop-free crop share, training seed, and `freeze` to
+# train the autoencoder alone under derain-v13's maps), trained at once on the one GPU; LR,
+# UNPAIRED and SETS pass through to gpu_train.sh. The default, drop-free crops at 0.6 with and
+# without the maps frozen: the 1:2 means with derain-v13 of the 2026-11-27 runs bracket the ship
+# rule (0.5: real 21.22, drop-free worst 37.38; 0.7: 20.96, 38.83), and on the CPU frozen maps
+# made the real-pair gain the same from seed to seed (weights/README.md, "Whose part carries the
+# small-dense gain"); run it with LR=5e-5 UNPAIRED=0 as those were. Score what comes back here with the ship rule
 # (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md, "A second GPU run")
 # `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with RUNS="id5:0.5 id7:0.7" took 484 s, the video
 # bench cut at its 230 s before the 1080p clips: rerun `scripts/gpu_bench.sh OUT video` alone.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu
 out=$1 stage=$WORK/report  # OUT gets only what comes back (below)
-runs=${RUNS:-"id6:0.6:0 id6s:0.6:1"}
+runs=${RUNS:-"id6:0.6:0 fz6:0.6:0:freeze"}
 rm -rf "$stage"
 mkdir -p /tmp/site /tmp/bin "$out" "$stage"
 [ -d /tmp/site/av ] || tar xJf .whl/av.tar.xz -C /tmp/site
@@ -55,8 +57,8 @@ if [ "${STAGE:-all}" = all ]; then
 fi
 fits=()
 for run in $runs; do
-  IFS=: read -r name identity seed <<< "$run"
-  NAME=$name IDENTITY=$identity SEED=${seed:-0} scripts/gpu_train.sh fit gpu_data "$stage" "${FIT_SECONDS:-230}" \
+  IFS=: read -r name identity seed freeze <<< "$run"
+  NAME=$name IDENTITY=$identity SEED=${seed:-0} FREEZE=${freeze:-} scripts/gpu_train.sh fit gpu_data "$stage" "${FIT_SECONDS:-230}" \
     "${FIT_STEPS:-600}" > "$stage/$name.fit.log" 2>&1 &
   fits+=($!)
 done

@@ -129,8 +129,10 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   # out the discriminator on real photos; SETS="haze_floor=0.3" (render) veils the whole glass
   local unpaired=(--unpaired "$data/real-raindrop")
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
+  local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v13's attention maps
+  if [ "${FREEZE:-}" = freeze ]; then freeze=(--freeze-attention); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
-    --init derain-v13 "${unpaired[@]}" --device "$device" --batch 16 --patch 256 \
+    --init derain-v13 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
     --identity "${IDENTITY:-0.5}" --lr "${LR:-1e-4}" --steps "$steps" --seed "${SEED:-0}" --val-every 200 2>&1 |
     tee "$out/$name.log" || true
   local weights=$WORK/$name/final.safetensors  # the whole schedule ran; else the best validation

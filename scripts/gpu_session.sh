@@ -20,10 +20,11 @@
 # without the maps frozen: the 1:2 means with derain-v13 of the 2026-11-27 runs bracket the ship
 # rule (0.5: real 21.22, drop-free worst 37.38; 0.7: 20.96, 38.83), and on the CPU frozen maps
 # made the real-pair gain the same from seed to seed (weights/README.md, "Whose part carries the
-# small-dense gain"); run it with LR=5e-5 UNPAIRED=0 as those were. Score what comes back here with the ship rule
-# (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md, "A second GPU run")
-# `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with RUNS="id5:0.5 id7:0.7" took 484 s, the video
-# bench cut at its 230 s before the 1080p clips: rerun `scripts/gpu_bench.sh OUT video` alone.
+# small-dense gain"); run it with LR=5e-5 UNPAIRED=0 as those were. Score what comes back here
+# with the ship rule (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md,
+# "A second GPU run") `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with RUNS="id5:0.5
+# id7:0.7" took 484 s, the video bench cut at its 230 s before the 1080p clips: rerun
+# `scripts/gpu_bench.sh OUT video` alone.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu
 out=$1 stage=$WORK/report  # OUT gets only what comes back (below)

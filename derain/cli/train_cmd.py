@@ -83,8 +83,8 @@ def _print_log(log: Log) -> None:
     "--freeze-attention",
     is_flag=True,
     help="With --init: train the autoencoder alone and keep the initial weights' attention maps, "
-    "so where the model changes a photo stays as it was (steadier from seed to seed, and a step "
-    "takes half the time).",
+    "so where the model changes a photo stays as it was (steadier from seed to seed, and about half "
+    "the time per step on a CPU).",
 )
 @click.option(
     "--unpaired",

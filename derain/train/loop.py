@@ -59,8 +59,8 @@ class TrainConfig:
     freeze_attention: bool = False
     """Train the autoencoder alone and keep ``init_weights``' attentive-recurrent network, so the
     maps, and with them where the attention gate lets changes through, stay as they were. Measured
-    on fine-tunes of `derain-v13` on small dense drops: two seeds landed 0.01 dB apart on the real
-    pairs where the full fine-tune spread 0.4 dB, and a step took half the time."""
+    on fine-tunes of derain-v13 on small dense drops: two seeds landed 0.01 dB apart on the real
+    pairs where the full fine-tune spread 0.4 dB, and a CPU step took about half the time."""
     unpaired_dir: str | None = None
     """Real rainy photos without ground truth. The attentive discriminator also sees the
     generator's outputs on them as fakes (clean photos are its reals), so the generator learns to

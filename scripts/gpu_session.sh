@@ -15,7 +15,7 @@
 #   what the first call brought and rendered stays there while the machine is warm
 # Then, on the same warm machine, two short calls time `--engine ray` on the GPU (scripts/gpu_ray.sh).
 # RUNS lists NAME:IDENTITY[:SEED[:freeze]] (drop-free crop share, training seed, and `freeze` to
-# train the autoencoder alone under derain-v13's maps), trained at once on the one GPU; LR,
+# train the autoencoder alone under the shipped weights' maps), trained at once on the one GPU; LR,
 # UNPAIRED and SETS pass through to gpu_train.sh. The default, drop-free crops at 0.6 with and
 # without the maps frozen: the 1:2 means with derain-v13 of the 2026-11-27 runs bracket the ship
 # rule (0.5: real 21.22, drop-free worst 37.38; 0.7: 20.96, 38.83), and on the CPU frozen maps
@@ -36,7 +36,7 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
 printf '#!/bin/sh\nexec python3 -m derain "$@"\n' > /tmp/bin/derain && chmod +x /tmp/bin/derain
 python3 -c "import av, torch; print('av', av.__version__, 'torch', torch.__version__)"
 
-# $OUT brings back at most 8 files of 16 MiB: each run's weights (its means with derain-v13 are
+# $OUT brings back at most 8 files of 16 MiB: each run's weights (its means with derain-v14 are
 # remade here with average_weights) and score table, and the logs and JSON reports in one tarball.
 # Also at DEADLINE seconds (default 570), so that a call cut at its limit still brings them back
 bring_back() {

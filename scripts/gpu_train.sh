@@ -13,7 +13,7 @@
 # whichever ends first (0.30-0.35 s per step on an H100), validates every 200 steps and leaves
 # in OUT, for a run named NAME (default: run): NAME.safetensors (the final EMA weights, or the
 # best validation's if time ran out first), NAME.log and NAME.scores.txt:
-# the run, its 1:1 and 1:2 means with derain-v13 (NAME.1to1/1to2.safetensors) and derain-v13 on
+# the run, its 1:1 and 1:2 means with derain-v14 (NAME.1to1/1to2.safetensors) and derain-v14 on
 # the ship rule's three sets (real pairs when packed, drop-free photos and renderer-v2 pairs,
 # rendered there; `score`). `fit` again with another NAME, IDENTITY or UNPAIRED=0 trains a variant
 # on the same renders. Score the candidate here with the ship rule (weights/README.md) before it
@@ -129,10 +129,10 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   # out the discriminator on real photos; SETS="haze_floor=0.3" (render) veils the whole glass
   local unpaired=(--unpaired "$data/real-raindrop")
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
-  local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v13's attention maps
+  local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v14's attention maps
   if [ "${FREEZE:-}" = freeze ]; then freeze=(--freeze-attention); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
-    --init derain-v13 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
+    --init derain-v14 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
     --identity "${IDENTITY:-0.5}" --lr "${LR:-1e-4}" --steps "$steps" --seed "${SEED:-0}" --val-every 200 2>&1 |
     tee "$out/$name.log" || true
   local weights=$WORK/$name/final.safetensors  # the whole schedule ran; else the best validation
@@ -150,7 +150,7 @@ rule_sets() {  # DATA: the ship rule's drop-free photos and renderer-v2 validati
   fi
 }
 
-score() {  # DATA OUT NAME: OUT/NAME.safetensors, its 1:1 and 1:2 means with derain-v13, and derain-v13
+score() {  # DATA OUT NAME: OUT/NAME.safetensors, its 1:1 and 1:2 means with derain-v14, and derain-v14
   # itself on the three sets the ship rule reads, in one process (OUT/NAME.scores.txt, a JSON report
   # per weights and set beside it). A pointer to the candidate worth checking: the rule's figures
   # come from the CPU build (bf16) here before anything ships
@@ -170,9 +170,9 @@ out, name, device, *folders = sys.argv[1:]
 out, run = Path(out), Path(out) / f"{name}.safetensors"
 candidates = {
     name: run,
-    f"{name}.1to1": average_weights([run, "derain-v13"], out / f"{name}.1to1.safetensors"),
-    f"{name}.1to2": average_weights([run, "derain-v13", "derain-v13"], out / f"{name}.1to2.safetensors"),
-    "derain-v13": "derain-v13",
+    f"{name}.1to1": average_weights([run, "derain-v14"], out / f"{name}.1to1.safetensors"),
+    f"{name}.1to2": average_weights([run, "derain-v14", "derain-v14"], out / f"{name}.1to2.safetensors"),
+    "derain-v14": "derain-v14",
 }
 print(f"{'weights':<20} {'real pairs':>10} {'drop-free mean / worst':>22} {'v2 val':>7}")
 for tag, weights in candidates.items():

@@ -141,7 +141,7 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: boo
       derain synth photos/ -o data/train --count 1400 --split train
       derain train data/train --val data/val -o runs/v1 --steps 3000
       derain train data/more --val data/val -o runs/v2 --init runs/v1/checkpoint.pt --lr 1e-4
-      derain train data/train -o runs/mycam --init derain-v13 --unpaired my_dashcam_frames/ --lr 5e-5
+      derain train data/train -o runs/mycam --init derain-v14 --unpaired my_dashcam_frames/ --lr 5e-5
     """
     if options["freeze_attention"] and not options["init_weights"]:
         raise BadSetup("--freeze-attention keeps trained attention maps: add --init NAME|PATH")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
 from .fusion import DEFAULT_RADIUS
+from .lights import light_sources
 from .model import SIZE_MULTIPLE, Generator
 from .postops import fuse_for_cpu
 from .tiling import Tile, plan_tiles
@@ -129,7 +130,8 @@ class Derainer:
     ``working_size``: a photo whose short side is larger is derained at this short side and the
     change scaled back up onto it (:func:`_scale_back`); None runs the network at full size.
     ``gate``: blend the output with the input by the final attention map (:func:`gate_weights`),
-    so pixels the model saw no drop in stay as they were; False gives the network's raw output;
+    so pixels the model saw no drop in, and light sources it would paint over (:mod:`derain.lights`),
+    stay as they were; False gives the network's raw output;
     None does what the weights were validated with (on for the shipped ones, off for ``gen.pkl``).
     """
 
@@ -432,8 +434,10 @@ def _halo_on_device(attention: torch.Tensor, sigma: float) -> torch.Tensor:
 def apply_gate(output: torch.Tensor, image: torch.Tensor, attention: torch.Tensor) -> None:
     """Blend the network's ``output`` (…×3×H×W float) with its input ``image`` (the same, in
     [0, 1]) by :func:`gate_weights` of the final attention map (…×H×W), in place (at 24 MP each
-    image is 290 MB); the output is clipped to [0, 1] first."""
-    output.clamp_(0.0, 1.0).sub_(image).mul_(gate_weights(attention).unsqueeze(-3)).add_(image)
+    image is 290 MB); the output is clipped to [0, 1] first. Light sources in the input
+    (:func:`~derain.lights.light_sources`) stay as they were: the network paints lamps over."""
+    weights = gate_weights(attention).mul_(1.0 - light_sources(image))
+    output.clamp_(0.0, 1.0).sub_(image).mul_(weights.unsqueeze(-3)).add_(image)
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -99,7 +99,8 @@ def network_options(command: Callable) -> Callable:
             "--gate/--no-gate",
             default=None,
             help="Take the network's output only where its attention map found drops (blurred to cover "
-            "their soft edges) and keep the input elsewhere and on lamps, which the network would paint over; "
+            "their soft edges) and keep the input elsewhere, and on lamps in night shots, which the network "
+            "would paint over; "
             "--no-gate: the raw output everywhere.  "
             "[default: as the weights were validated: on for the shipped ones, off for gen.pkl]",
         ),

@@ -1,9 +1,14 @@
 """Light sources: lamps kept by the gate at night; drop highlights and day shots left to it."""
 
+import numpy as np
+import pytest
 import torch
 
+from derain import Derainer
 from derain.engine import apply_gate
 from derain.lights import LIGHT_RIM, NIGHT_LEVELS, light_sources
+
+from .conftest import random_image
 
 
 def night(height: int = 160, width: int = 240) -> torch.Tensor:
@@ -63,3 +68,13 @@ def test_the_gate_keeps_a_lamp_the_network_paints_over():
     apply_gate(output, image, torch.ones(160, 240))  # and a map that calls everything a drop
     assert torch.equal(output[:, 75, 55], image[:, 75, 55]), "the lamp stays"
     assert torch.equal(output[:, 75, 200], torch.zeros(3)), "the rest is the network's"
+
+
+@pytest.mark.parametrize("tile", [0, 64])
+def test_a_derainer_keeps_a_lamp_in_a_night_photo_whole_or_tiled(tiny_weights, rng, tile):
+    image = (random_image(rng, 96, 128) // 8).astype(np.uint8)  # a dark, textured night scene
+    image[40:52, 60:72] = 255
+    kept = Derainer(tiny_weights, device="cpu", precision="fp32", tile=tile, tile_overlap=32, gate=True).clean(image)
+    raw = Derainer(tiny_weights, device="cpu", precision="fp32", tile=tile, tile_overlap=32, gate=False).clean(image)
+    assert (kept[40:52, 60:72] == 255).all(), "the lamp stays"
+    assert not (raw[40:52, 60:72] == 255).all(), "where the network alone would change it"

@@ -32,12 +32,13 @@ def light_sources(image: torch.Tensor) -> torch.Tensor:
     few pixels, and 0 everywhere in a day shot."""
     height, width = image.shape[-2:]
     images = image.reshape(-1, 3, height, width)
-    night = ((NIGHT_LEVELS[1] - images.mean((1, 2, 3))) / (NIGHT_LEVELS[1] - NIGHT_LEVELS[0])).clamp(0.0, 1.0)
-    clipped = (images.amin(1, keepdim=True) >= CLIP_LEVEL).float() * night.view(-1, 1, 1, 1).ceil()
+    night = (NIGHT_LEVELS[1] - images.mean((1, 2, 3), keepdim=True)) / (NIGHT_LEVELS[1] - NIGHT_LEVELS[0])
+    night = night.clamp(0.0, 1.0)  # per image: 1 at night, 0 by day
+    clipped = ((images.amin(1, keepdim=True) >= CLIP_LEVEL) & (night > 0)).float()
     if not clipped.any():  # daylight, or no lamp: nothing to search
         return torch.zeros(image.shape[:-3] + (height, width), device=image.device)
     lamps = _open(clipped, MIN_LIGHT)
-    kept = _box_mean(_dilate(lamps, 2 * LIGHT_RIM + 1), 2 * (LIGHT_RIM // 2) + 1) * night.view(-1, 1, 1, 1)
+    kept = _box_mean(_dilate(lamps, 2 * LIGHT_RIM + 1), 2 * (LIGHT_RIM // 2) + 1) * night
     return kept.reshape(*image.shape[:-3], height, width)
 
 

@@ -93,6 +93,14 @@ def trace_drops(height_field: np.ndarray, focal: float) -> tuple[np.ndarray, np.
     return map_x, map_y, transmittance.astype(np.float32), normal.astype(np.float32)
 
 
+def light_beyond_frame(map_x: np.ndarray, map_y: np.ndarray, light: float, fade: float) -> np.ndarray:
+    """Factor on the frame's mirror image where a traced ray looks beyond the frame (whose size is
+    the maps'): 1 inside it, reaching ``light`` ``fade`` pixels beyond its edge."""
+    h, w = map_x.shape
+    beyond = np.maximum.reduce([-map_x, map_x - (w - 1), -map_y, map_y - (h - 1)])
+    return (1.0 - np.clip(beyond / fade, 0.0, 1.0) * (1.0 - light)).astype(np.float32)
+
+
 def minification(map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     """How many scene pixels one image pixel spans through the drop (√|det J| of the mapping)."""
     xy, xx = np.gradient(map_x)

@@ -132,6 +132,12 @@ class RenderConfig:
     """How much brighter than white the brightest parts of a day photo really are (clipped sky)."""
     ambient: tuple[float, float] = (0.0, 0.3)
     """What a totally reflecting rim shows, times the scene's mean brightness (the dark inside)."""
+    outside_light: tuple[float, float] = (1.0, 1.0)
+    """Brightness of the world beyond the frame, times the frame mirrored there (1: as bright).
+    Near its steep edge a drop refracts rays far off the frame; real drops that a camera focused on
+    the glass shows sharp (a phone's night shot, a lit wall under a roof) are dark-rimmed because
+    that wide view is mostly darker than the photo's subject. ``0.05,0.2`` gives that look (with
+    ``contact_angle=70,90``); the default keeps renderer 3.7's draws."""
     specular_prob: float = 0.5
     specular_strength: tuple[float, float] = (0.3, 2.0)
     specular_power: float = 60.0
@@ -436,6 +442,10 @@ def _seen_through(scene: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np
     return seen
 
 
+OUTSIDE_FADE = 0.15
+"""How far beyond the frame (a fraction of its width) the world takes its own brightness."""
+
+
 def _drop_radiance(
     scene: np.ndarray, heights: np.ndarray, shot: Shot, rng: np.random.Generator, cfg: RenderConfig
 ) -> np.ndarray:
@@ -447,7 +457,11 @@ def _drop_radiance(
     gain = _uniform(rng, cfg.gain)
     ambient = _uniform(rng, cfg.ambient) * float(luminance.mean())
     t = transmittance[..., None]
-    radiance = t * gain * _seen_through(boosted, map_x, map_y) + (1.0 - t) * ambient
+    seen = _seen_through(boosted, map_x, map_y)
+    if cfg.outside_light != (1.0, 1.0):
+        outside = _uniform(rng, cfg.outside_light)
+        seen *= optics.light_beyond_frame(map_x, map_y, outside, OUTSIDE_FADE * heights.shape[1])[..., None]
+    radiance = t * gain * seen + (1.0 - t) * ambient
     if rng.random() < cfg.specular_prob:  # a light behind the camera mirrored in the drop's surface
         light = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.8, -0.2), -1.0], np.float32)
         light /= np.linalg.norm(light)

@@ -81,15 +81,21 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # SMALL_CORES processes (default half) render small dense drops instead, a quarter as many (each
   # takes 3-5x as long; the renders end inside gpu_bench.sh's 230 s): the drops the shipped weights
   # miss, the only data that lifted the real pairs in a CPU fine-tune (weights/README.md, "Small
-  # dense drops"). SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
+  # dense drops"). The next FOCUS_CORES (default 1) render dark-rimmed raindrop-focused shots,
+  # the look of real phone photos focused on the glass, which the shipped autoencoder does not
+  # repaint even under a full map (weights/README.md, "Night and raindrop-focused drops").
+  # SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
-  local small=${SMALL_CORES:-$((cores / 2))}
+  local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done
   for i in $(seq 0 $((cores - 1))); do
     local rich=() count=$((renders / cores))
     if ((i < small)); then
       rich=(--set radius=2,9 --set coverage=0.25,0.6 --set large_drop_prob=0 --set max_drops=4000)
       count=$((count / 4))
+    elif ((i < small + focus)); then
+      rich=(--set drop_focus_prob=1 --set night_prob=0.4 --set drizzle_radius=4,12 --set drizzle_drops=3000
+        --set contact_angle=70,90 --set ambient=0,0.05 --set drop_focus_residual=0,0.5 --set outside_light=0.05,0.2)
     elif ((i % 2)); then
       rich=(--set night_prob=0.4)
     fi

@@ -136,6 +136,27 @@ def test_a_traced_drop_shows_the_scene_inverted_and_minified():
     assert transmittance[centre, centre + int(radius) - 1] < 0.2
 
 
+def test_steep_drops_see_beyond_the_frame_and_show_its_light_there():
+    grey = np.full((120, 160, 3), 0.5, np.float32)  # the mirrored frame is as bright everywhere
+    steep = dataclasses.replace(
+        PLAIN, drop_focus_prob=1.0, contact_angle=(80.0, 90.0), coverage=(0.2, 0.2), specular_prob=0.0
+    )
+
+    def render(light: float):
+        cfg = dataclasses.replace(steep, outside_light=(light, light))
+        return render_raindrops(grey, np.random.default_rng(5), cfg)
+
+    bright, dim = render(1.0), render(0.1)
+    darker = bright.rainy.max(axis=2) - dim.rainy.max(axis=2)
+    assert darker.min() >= -1 / 255, "a darker world beyond the frame never brightens a pixel"
+    assert darker.max() > 0.1 and dim.mask.sum() > 1.2 * bright.mask.sum(), "steep edges turn dark"
+    # Through dry glass each ray sees its own pixel: the frame itself, at full brightness.
+    map_x, map_y, _, _ = optics.trace_drops(np.zeros((120, 160), np.float32), focal=200.0)
+    assert np.allclose(optics.light_beyond_frame(map_x, map_y, 0.1, fade=24.0), 1.0)
+    far_left = optics.light_beyond_frame(map_x - 160.0, map_y, 0.1, fade=24.0)
+    assert np.allclose(far_left[:, :136], 0.1) and np.all(np.diff(far_left[0, 136:]) > 0)
+
+
 def test_defocus_follows_the_focus():
     def blur(cfg: RenderConfig) -> tuple[float, float]:
         shot = draw_shot(np.random.default_rng(1), 720, cfg)

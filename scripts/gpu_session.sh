@@ -47,9 +47,9 @@ bring_back() {
 watchdog=$!
 
 if [ "${STAGE:-all}" = all ]; then
-  # 9 render processes on 8 cores: 6 of small dense drops, one each of dark-rimmed focused shots,
-  # night-rich and default renders (gpu_train.sh render)
-  (CORES=${CORES:-9} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data &&
+  # 10 render processes on 8 cores: 6 of small dense drops, one each of dark-rimmed focused shots,
+  # soft round blobs, night-rich and default renders (gpu_train.sh render)
+  (CORES=${CORES:-10} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data &&
     scripts/gpu_train.sh rule_sets gpu_data) > "$stage/render.log" 2>&1 &
   renders=$!
   timeout 230 scripts/gpu_bench.sh "$stage/bench" video network > "$stage/bench.log" 2>&1

@@ -83,10 +83,13 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # miss, the only data that lifted the real pairs in a CPU fine-tune (weights/README.md, "Small
   # dense drops"). The next FOCUS_CORES (default 1) render dark-rimmed raindrop-focused shots,
   # the look of real phone photos focused on the glass, which the shipped autoencoder does not
-  # repaint even under a full map (weights/README.md, "Night and raindrop-focused drops").
+  # repaint even under a full map (weights/README.md, "Night and raindrop-focused drops"). The
+  # next SOFT_CORES (default 1) render soft round blobs on glass close to the lens, with the veil:
+  # the look of most Raindrop photos, and the renders that lifted three of the four real pairs in
+  # a frozen-map CPU fine-tune (weights/README.md, "Soft round blobs").
   # SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
-  local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1}
+  local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1} soft=${SOFT_CORES:-1}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done
   for i in $(seq 0 $((cores - 1))); do
     local rich=() count=$((renders / cores))
@@ -96,6 +99,9 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
     elif ((i < small + focus)); then
       rich=(--set drop_focus_prob=1 --set night_prob=0.4 --set drizzle_radius=4,12 --set drizzle_drops=3000
         --set contact_angle=70,90 --set ambient=0,0.05 --set drop_focus_residual=0,0.5 --set outside_light=0.05,0.2)
+    elif ((i < small + focus + soft)); then
+      rich=(--set glass_mm=20,50 --set merge_prob=0 --set aspect=1,1.2 --set coverage=0.3,0.7 --set haze_prob=0.8
+        --set night_prob=0 --set drop_focus_prob=0 --set drizzle_prob=0 --set empty_prob=0)
     elif ((i % 2)); then
       rich=(--set night_prob=0.4)
     fi

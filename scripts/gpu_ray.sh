@@ -11,7 +11,9 @@
 #     carry [".rayw/b"]:  scripts/gpu_ray.sh unpack .rayw/b && scripts/gpu_ray.sh bench "$OUT" gpu_data/clean
 # `bench` crops COUNT (default 240) 720x480 JPEGs from the photos in DIR, cleans them with the local
 # engine and with `--engine ray` (a local Ray on the device: one GPU, one actor), alternately,
-# checks that the outputs are byte-identical, and writes the timings to OUT/ray_gpu.txt.
+# checks that the outputs are byte-identical, and writes the timings to OUT/ray_gpu.txt; ROUNDS
+# (default 2) times both engines that many times. Two calls of different COUNTs give the rate once
+# started: (COUNT₂ − COUNT₁) / (t₂ − t₁).
 # DEVICE=cpu COUNT=8 DERAIN="derain" scripts/gpu_ray.sh bench OUT DIR smoke-tests it on a CPU.
 set -euo pipefail
 site=/tmp/site-ray
@@ -47,7 +49,7 @@ unpack() {  # there: PART's tarballs and wheels into $site
 }
 
 bench() {  # there: OUT DIR
-  local out=$1 photos=$2 work=${WORK:-/tmp/raybench} count=${COUNT:-240} device=${DEVICE:-cuda}
+  local out=$1 photos=$2 work=${WORK:-/tmp/raybench} count=${COUNT:-240} device=${DEVICE:-cuda} rounds=${ROUNDS:-2}
   read -r -a derain <<< "${DERAIN:-python3 -m derain}"
   export PYTHONPATH=$site:/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   mkdir -p "$out"
@@ -70,7 +72,7 @@ for i in range(int(sys.argv[3])):
 EOF
   python3 -c "import ray, ray.data, torch; print('ray', ray.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" |
     tee "$out/ray_gpu.txt"
-  for round in 1 2; do
+  for round in $(seq "$rounds"); do
     for engine in local ray; do
       rm -rf "$work/$engine"
       local extra=() start end

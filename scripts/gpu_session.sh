@@ -24,17 +24,24 @@
 # with the ship rule (weights/README.md) before anything ships. On 2026-11-27 (weights/README.md,
 # "A second GPU run") `LR=5e-5 UNPAIRED=0 FIT_STEPS=500 FIT_SECONDS=220` with RUNS="id5:0.5
 # id7:0.7" took 484 s, the video bench cut at its 230 s before the 1080p clips: rerun
-# `scripts/gpu_bench.sh OUT video` alone.
+# `scripts/gpu_bench.sh OUT video` alone. BENCH lists gpu_bench.sh's parts (default "video
+# network"); BENCH="" skips the benchmark, renders on CORES processes of all 16 cores with the
+# ship rule's sets rendered beside them, and needs no PyAV (.whl). Each fit ends by DEADLINE less
+# SCORE_SECONDS (default 70) at the latest, however long the renders took.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu
 out=$1 stage=$WORK/report  # OUT gets only what comes back (below)
 runs=${RUNS:-"id6:0.6:0 fz6:0.6:0:freeze"}
 rm -rf "$stage"
 mkdir -p /tmp/site /tmp/bin "$out" "$stage"
-[ -d /tmp/site/av ] || tar xJf .whl/av.tar.xz -C /tmp/site
+bench=${BENCH-video network} deadline=${DEADLINE:-570}
+if [ -n "$bench" ]; then
+  [ -d /tmp/site/av ] || tar xJf .whl/av.tar.xz -C /tmp/site
+  python3 -c "import av; print('av', av.__version__)"
+fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
 printf '#!/bin/sh\nexec python3 -m derain "$@"\n' > /tmp/bin/derain && chmod +x /tmp/bin/derain
-python3 -c "import av, torch; print('av', av.__version__, 'torch', torch.__version__)"
+python3 -c "import torch; print('torch', torch.__version__)"
 
 # $OUT brings back at most 8 files of 16 MiB: each run's weights (its means with derain-v14 are
 # remade here with average_weights) and score table, and the logs and JSON reports in one tarball.
@@ -43,25 +50,33 @@ bring_back() {
   for run in $runs; do cp "$stage/${run%%:*}".{safetensors,scores.txt} "$out/" 2> /dev/null; done
   tar czf "$out/logs.tgz" -C "$stage" --exclude='*.safetensors' --exclude='*.mp4' .
 }
-(sleep $((${DEADLINE:-570} - SECONDS)) && echo "deadline: bringing back what there is" && bring_back) &
+(sleep $((deadline - SECONDS)) && echo "deadline: bringing back what there is" && bring_back) &
 watchdog=$!
 
 if [ "${STAGE:-all}" = all ]; then
   # 10 render processes on 8 cores: 6 of small dense drops, one each of dark-rimmed focused shots,
   # soft round blobs, night-rich and default renders (gpu_train.sh render)
   (CORES=${CORES:-10} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data &&
-    scripts/gpu_train.sh rule_sets gpu_data) > "$stage/render.log" 2>&1 &
+    if [ -n "$bench" ]; then scripts/gpu_train.sh rule_sets gpu_data; fi) > "$stage/render.log" 2>&1 &
   renders=$!
-  timeout 230 scripts/gpu_bench.sh "$stage/bench" video network > "$stage/bench.log" 2>&1
-  echo "bench rc $? at $SECONDS s"
-  grep -E "^(derain video|engine|720x480)" "$stage/bench.log"
+  if [ -n "$bench" ]; then
+    # shellcheck disable=SC2086  # the parts are words
+    timeout 230 scripts/gpu_bench.sh "$stage/bench" $bench > "$stage/bench.log" 2>&1
+    echo "bench rc $? at $SECONDS s"
+    grep -E "^(derain video|engine|720x480)" "$stage/bench.log"
+  else
+    scripts/gpu_train.sh rule_sets gpu_data > "$stage/rule_sets.log" 2>&1
+  fi
   wait "$renders"
   echo "$(ls "$WORK/train/data" | wc -l) renders at $SECONDS s"
 fi
+fit_seconds=$((deadline - ${SCORE_SECONDS:-70} - SECONDS))
+fit_seconds=$((fit_seconds < ${FIT_SECONDS:-230} ? fit_seconds : ${FIT_SECONDS:-230}))
+echo "fits of at most $fit_seconds s from $SECONDS s"
 fits=()
 for run in $runs; do
   IFS=: read -r name identity seed freeze <<< "$run"
-  NAME=$name IDENTITY=$identity SEED=${seed:-0} FREEZE=${freeze:-} scripts/gpu_train.sh fit gpu_data "$stage" "${FIT_SECONDS:-230}" \
+  NAME=$name IDENTITY=$identity SEED=${seed:-0} FREEZE=${freeze:-} scripts/gpu_train.sh fit gpu_data "$stage" "$fit_seconds" \
     "${FIT_STEPS:-600}" > "$stage/$name.fit.log" 2>&1 &
   fits+=($!)
 done

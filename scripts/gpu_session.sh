@@ -28,6 +28,10 @@
 # network"); BENCH="" skips the benchmark, renders on CORES processes of all 16 cores with the
 # ship rule's sets rendered beside them, and needs no PyAV (.whl). Each fit ends by DEADLINE less
 # SCORE_SECONDS (default 70) at the latest, however long the renders took.
+# On 2026-11-28 (an H200; weights/README.md, "Soft round blobs at GPU scale") `BENCH="" CORES=14
+# RENDERS=1280 SMALL_CORES=4 SOFT_CORES=5 FIT_STEPS=400 LR=5e-5 UNPAIRED=0` with three RUNS took
+# 331 s (1,190 renders in 103 s, three 400-step fits at once, scored), and STAGE=fit with two
+# more 154 s.
 set -u
 export PYTHONUNBUFFERED=1 WORK=$PWD/runs/gpu
 out=$1 stage=$WORK/report  # OUT gets only what comes back (below)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # `derain batch --engine ray` on a lent GPU against the local batch on the same photos (issue 16's
-# per-GPU figure through Ray itself). Ray and pyarrow for the device's Python 3.12 are larger than
-# one device call carries (64 MiB with the repository), so `pack` writes them here as two parts,
-# each carried by its own call onto the warm machine, where they stay while it is warm (in .rayw,
-# not .whl, which the session's first call carries whole):
+# per-GPU figure through Ray itself). Ray for the device's Python 3.12 is carried as wheels; pandas
+# and pyarrow are already there (pandas 3.0.6 and pyarrow 25.0.1 served on 2026-11-28), so one call
+# does it. `pack` also writes pyarrow and pandas as a second part, for a device image without them
+# (each part is carried by its own call onto the warm machine, where it stays while it is warm):
 #   here, once:  scripts/gpu_ray.sh pack                  # .rayw/a (Ray without its Java jars,
 #                                                          # small deps), .rayw/b (pyarrow, pandas)
-#   there (run tool), after the session's other calls, on the same warm machine:
-#     carry [".rayw/a"]:  scripts/gpu_ray.sh unpack .rayw/a
-#     carry [".rayw/b"]:  scripts/gpu_ray.sh unpack .rayw/b && scripts/gpu_ray.sh bench "$OUT" gpu_data/clean
+#                and a few photos in .rayw/photos (the device's copy of gpu_data may not be there)
+#   there (run tool), carry [".rayw/a", ".rayw/photos"], as on 2026-11-28 (README, "Many machines"):
+#     scripts/gpu_ray.sh unpack .rayw/a && for n in 240 960; do
+#       COUNT=$n ROUNDS=1 WORK=/tmp/rb$n scripts/gpu_ray.sh bench "$OUT/r$n" .rayw/photos; done
+#   only where pyarrow or pandas is missing there, first: carry [".rayw/b"]: scripts/gpu_ray.sh unpack .rayw/b
 # `bench` crops COUNT (default 240) 720x480 JPEGs from the photos in DIR, cleans them with the local
 # engine and with `--engine ray` (a local Ray on the device: one GPU, one actor), alternately,
 # checks that the outputs are byte-identical, and writes the timings to OUT/ray_gpu.txt; ROUNDS

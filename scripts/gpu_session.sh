@@ -58,8 +58,9 @@ bring_back() {
 watchdog=$!
 
 if [ "${STAGE:-all}" = all ]; then
-  # 10 render processes on 8 cores: 6 of small dense drops, one each of dark-rimmed focused shots,
-  # soft round blobs, night-rich and default renders (gpu_train.sh render)
+  # CORES render processes (default 10, on the 8 cores the bench leaves): 6 of small dense drops,
+  # one each of dark-rimmed focused shots, soft round blobs, night-rich and default renders
+  # (gpu_train.sh render)
   (CORES=${CORES:-10} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data &&
     if [ -n "$bench" ]; then scripts/gpu_train.sh rule_sets gpu_data; fi) > "$stage/render.log" 2>&1 &
   renders=$!
@@ -76,6 +77,7 @@ if [ "${STAGE:-all}" = all ]; then
 fi
 fit_seconds=$((deadline - ${SCORE_SECONDS:-70} - SECONDS))
 fit_seconds=$((fit_seconds < ${FIT_SECONDS:-230} ? fit_seconds : ${FIT_SECONDS:-230}))
+fit_seconds=$((fit_seconds > 1 ? fit_seconds : 1))  # past the deadline already: the fits stop at once
 echo "fits of at most $fit_seconds s from $SECONDS s"
 fits=()
 for run in $runs; do

@@ -61,18 +61,18 @@ if [ "${STAGE:-all}" = all ]; then
   # CORES render processes (default 10, on the 8 cores the bench leaves): 6 of small dense drops,
   # one each of dark-rimmed focused shots, soft round blobs, night-rich and default renders
   # (gpu_train.sh render)
-  (CORES=${CORES:-10} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data &&
-    if [ -n "$bench" ]; then scripts/gpu_train.sh rule_sets gpu_data; fi) > "$stage/render.log" 2>&1 &
+  CORES=${CORES:-10} RENDERS=${RENDERS:-1280} SMALL_CORES=${SMALL_CORES:-6} scripts/gpu_train.sh render gpu_data \
+    > "$stage/render.log" 2>&1 &
   renders=$!
+  scripts/gpu_train.sh rule_sets gpu_data > "$stage/rule_sets.log" 2>&1 &
+  rule_sets=$!
   if [ -n "$bench" ]; then
     # shellcheck disable=SC2086  # the parts are words
     timeout 230 scripts/gpu_bench.sh "$stage/bench" $bench > "$stage/bench.log" 2>&1
     echo "bench rc $? at $SECONDS s"
     grep -E "^(derain video|engine|720x480)" "$stage/bench.log"
-  else
-    scripts/gpu_train.sh rule_sets gpu_data > "$stage/rule_sets.log" 2>&1
   fi
-  wait "$renders"
+  wait "$renders" "$rule_sets"
   echo "$(ls "$WORK/train/data" | wc -l) renders at $SECONDS s"
 fi
 fit_seconds=$((deadline - ${SCORE_SECONDS:-70} - SECONDS))

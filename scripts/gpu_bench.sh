@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of the README's Performance section, in one go (on an H100 with an idle host,
 # `video` takes about 4 minutes and `network` about 2).
-# Usage: scripts/gpu_bench.sh [OUTDIR [PART...]]   PARTs: network, video (default: both, in that order)
+# Usage: scripts/gpu_bench.sh [OUTDIR [PART...]]   PARTs: network, video (default: both, in that order),
+#        compiled (issue 17: NHWC and torch.compile against today's eager path; not yet run, allow
+#        about 10 minutes: compiling and max-autotune's search dominate)
 # Needs `derain` on PATH and PyAV (the [video] extra). The lent GPU machine has neither and
 # cannot download: carry PyAV as an xz tarball of its wheel's contents (25 MB; the wheel is 36),
 # unpack it onto PYTHONPATH, and put a `derain` script that runs `python3 -m derain "$@"` on PATH.
@@ -63,6 +65,17 @@ PY
       python -c "a, b = ${t[0]}, ${t[1]}; print('derain video $name $mode: %.1f frames/s whole run (150 frames, %.1f s), %.1f frames/s after start-up (6 frames: %.1f s)' % (150 / b, b, 144 / (b - a), a))"
     done
   done | tee "$out/video.txt"
+}
+
+compiled() {  # issue 17: scripts/gpu_compile.py at 720x480 (8 frames a batch) and 1080p (2)
+  local run=(env PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" python scripts/gpu_compile.py)
+  local quick="eager NCHW (today),eager NHWC,compile NHWC,compile NHWC + CUDA graphs"
+  {
+    "${run[@]}" --size 720x480 --batch 8 --only "$quick" --json "$out/compile_720x480.json"
+    "${run[@]}" --size 1920x1080 --batch 2 --only "$quick" --json "$out/compile_1080p.json"
+    timeout 300 "${run[@]}" --size 720x480 --batch 8 --only "eager NCHW (today),compile NHWC max-autotune" \
+      --json "$out/autotune_720x480.json" || echo "max-autotune: not done in 300 s"
+  } 2>&1 | tee "$out/compile.txt"
 }
 
 for part in "${parts[@]}"; do "$part"; done

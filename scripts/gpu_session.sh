@@ -28,6 +28,9 @@
 # network"); BENCH="" skips the benchmark, renders on CORES processes of all 16 cores with the
 # ship rule's sets rendered beside them, and needs no PyAV (.whl). Each fit ends by DEADLINE less
 # SCORE_SECONDS (default 70) at the latest, however long the renders took.
+# BENCH=compiled times issue 17's NHWC and torch.compile variants (scripts/gpu_compile.py) beside
+# the renders; the bench's 230 s may cut its max-autotune row: `scripts/gpu_bench.sh OUT compiled`
+# alone runs it all (about 10 minutes at most).
 # On 2026-11-28 (an H200; weights/README.md, "Soft round blobs at GPU scale") `BENCH="" CORES=14
 # RENDERS=1280 SMALL_CORES=4 SOFT_CORES=5 FIT_STEPS=400 LR=5e-5 UNPAIRED=0` with three RUNS took
 # 331 s (1,190 renders in 103 s, three 400-step fits at once, scored), and STAGE=fit with two
@@ -70,7 +73,7 @@ if [ "${STAGE:-all}" = all ]; then
     # shellcheck disable=SC2086  # the parts are words
     timeout 230 scripts/gpu_bench.sh "$stage/bench" $bench > "$stage/bench.log" 2>&1
     echo "bench rc $? at $SECONDS s"
-    grep -E "^(derain video|engine|720x480)" "$stage/bench.log"
+    grep -E "^(derain video|engine|720x480)|TFLOP/s|max-autotune" "$stage/bench.log"
   fi
   wait "$renders" "$rule_sets"
   echo "$(ls "$WORK/train/data" | wc -l) renders at $SECONDS s"

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .engine import Derainer, _pad_to_multiple, apply_gate
 from .metrics import psnr
-from .model import SIZE_MULTIPLE, Generator
+from .model import SIZE_MULTIPLE, Generator, GeneratorConfig
 
 T = TypeVar("T")
 
@@ -117,12 +117,13 @@ def time_derainer(
     return _row(name, settings, seconds, image, flops_per_mp), out
 
 
-def flops_per_megapixel(derainer: Derainer) -> float:
-    """Forward-pass FLOPs per megapixel (multiply-adds count as two).
+def flops_per_megapixel(config: GeneratorConfig) -> float:
+    """Forward-pass FLOPs per megapixel (multiply-adds count as two) of the generator ``config``
+    describes.
 
     Counted on a plain fp32 copy of the architecture on the CPU (the count depends on nothing
     else), since the engine's fused oneDNN layers are invisible to the FLOP counter."""
-    model = Generator(derainer.model.config).eval()
+    model = Generator(config).eval()
     x = torch.zeros(1, 3, FLOP_PROBE, FLOP_PROBE)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x, side_outputs=False)
@@ -239,7 +240,7 @@ def benchmark(
     # The network at the photo's own size, whatever the commands' working size: these are its figures
     extra = {"working_size": None} | ({} if tile_overlap is None else {"tile_overlap": tile_overlap})
     chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, gate=gate, **extra)
-    flops = flops_per_megapixel(chosen)
+    flops = flops_per_megapixel(chosen.model.config)
     peaks = conv_peaks(chosen, width, height)
     row, out = time_derainer("default", chosen, image, repeat, flops)
     report = BenchReport(

@@ -5,8 +5,9 @@ The 32-channel 3×3 convolutions that carry most of the work run at 51–59 TFLO
 on an H100/H200; cuDNN's NHWC kernels skip the layout transposes around the tensor cores, and
 torch.compile fuses the ConvLSTM gates' element-wise work ("reduce-overhead" adds CUDA graphs,
 which take the launch overhead of the recurrent steps away). Each variant is timed on a batch
-of frames the way `derain video --working-size full` batches them, and its output compared with
-the eager NCHW one (largest difference in 1/255). Prints one line per variant and writes JSON.
+of frames the way `derain video --working-size full` batches them (best of --repeat calls, as
+`derain bench` times), and its output compared with the eager NCHW one (largest difference in
+1/255). Prints one line per variant and writes JSON.
 
     python scripts/gpu_compile.py [--size 720x480] [--batch 8] [--repeat 10] [--json OUT]
     python scripts/gpu_compile.py --device cpu --size 64x48 --batch 1 --repeat 1   # a dry run
@@ -16,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import time
 from collections.abc import Callable
 
 import torch
 
+from derain.benchmark import _best_time, flops_per_megapixel
 from derain.engine import pick_device
 from derain.model import Generator
 from derain.weights import load_weights
-
-TFLOP_PER_MP = 3.67  # the generator at 8 attention steps (README, Performance)
 
 
 def variants(model: Generator) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -67,6 +68,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.rand(args.batch, 3, height, width, device=device, dtype=dtype)
     megapixels = args.batch * width * height / 1e6
+    tflop = flops_per_megapixel(model.config) * megapixels / 1e12  # per batch
     rows, reference = [], None
     chosen = set(args.only.split(",")) if args.only else None
     with torch.inference_mode():
@@ -82,11 +84,7 @@ def main() -> None:
                 for _ in range(2):
                     run(inp)
                 sync()
-                start = time.perf_counter()
-                for _ in range(args.repeat):
-                    run(inp)
-                sync()
-                seconds = (time.perf_counter() - start) / args.repeat
+                seconds = _best_time(functools.partial(run, inp), args.repeat, device)[0]  # best of, as derain bench
             except Exception as error:  # a variant that cannot run here is a row, not the end
                 print(f"{name:>28}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
                 rows.append({"name": name, "error": f"{type(error).__name__}: {error}"[:500]})
@@ -98,7 +96,7 @@ def main() -> None:
                 "seconds": seconds,
                 "first_call_seconds": first,
                 "mp_per_second": megapixels / seconds,
-                "tflop_per_second": megapixels * TFLOP_PER_MP / seconds,
+                "tflop_per_second": tflop / seconds,
                 "max_diff_255": diff,
             }
             rows.append(row)

@@ -14,9 +14,10 @@
 #   STAGE=fit RUNS="paired:0.5" UNPAIRED=0 scripts/gpu_session.sh "$OUT" # carry nothing:
 #   what the first call brought and rendered stays there while the machine is warm
 # Then, on the same warm machine, two short calls time `--engine ray` on the GPU (scripts/gpu_ray.sh).
-# RUNS lists NAME:IDENTITY[:SEED[:freeze]] (drop-free crop share, training seed, and `freeze` to
-# train the autoencoder alone under the shipped weights' maps), trained at once on the one GPU; LR,
-# UNPAIRED and SETS pass through to gpu_train.sh. The default, drop-free crops at 0.6 with and
+# RUNS lists NAME:IDENTITY[:SEED[:freeze[:MAP_WEIGHT]]] (drop-free crop share, training seed,
+# `freeze` to train the autoencoder alone under the shipped weights' maps, and the weight of the
+# drop-free crops' map loss), trained at once on the one GPU; LR, UNPAIRED, SETS, VAL and VAL_EVERY
+# pass through to gpu_train.sh. The default, drop-free crops at 0.6 with and
 # without the maps frozen: the 1:2 means with derain-v13 of the 2026-11-27 runs bracket the ship
 # rule (0.5: real 21.22, drop-free worst 37.38; 0.7: 20.96, 38.83), and on the CPU frozen maps
 # made the real-pair gain the same from seed to seed (weights/README.md, "Whose part carries the
@@ -84,8 +85,9 @@ fit_seconds=$((fit_seconds > 1 ? fit_seconds : 1))  # past the deadline already:
 echo "fits of at most $fit_seconds s from $SECONDS s"
 fits=()
 for run in $runs; do
-  IFS=: read -r name identity seed freeze <<< "$run"
-  NAME=$name IDENTITY=$identity SEED=${seed:-0} FREEZE=${freeze:-} scripts/gpu_train.sh fit gpu_data "$stage" "$fit_seconds" \
+  IFS=: read -r name identity seed freeze map_weight <<< "$run"
+  NAME=$name IDENTITY=$identity SEED=${seed:-0} FREEZE=${freeze:-} MAP_WEIGHT=${map_weight:-1} \
+    scripts/gpu_train.sh fit gpu_data "$stage" "$fit_seconds" \
     "${FIT_STEPS:-600}" > "$stage/$name.fit.log" 2>&1 &
   fits+=($!)
 done

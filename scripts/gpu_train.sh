@@ -143,9 +143,13 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v14's attention maps
   if [ "${FREEZE:-}" = freeze ]; then freeze=(--freeze-attention); fi
-  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/val" -o "$WORK/$name" \
+  # MAP_WEIGHT weighs the map loss of the drop-free crops (--identity-map-weight); VAL=dropfree
+  # validates on the ship rule's drop-free photos (rule_sets), so the log shows their worst as it goes
+  # (a run cut by its time limit then brings back its most restrained validation, not its last)
+  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/${VAL:-val}" -o "$WORK/$name" \
     --init derain-v14 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
-    --identity "${IDENTITY:-0.5}" --lr "${LR:-1e-4}" --steps "$steps" --seed "${SEED:-0}" --val-every 200 2>&1 |
+    --identity "${IDENTITY:-0.5}" --identity-map-weight "${MAP_WEIGHT:-1}" --lr "${LR:-1e-4}" --steps "$steps" \
+    --seed "${SEED:-0}" --val-every "${VAL_EVERY:-200}" 2>&1 |
     tee "$out/$name.log" || true
   local weights=$WORK/$name/final.safetensors  # the whole schedule ran; else the best validation
   [ -f "$weights" ] || weights=$WORK/$name/best.safetensors

@@ -63,6 +63,7 @@ def test_identity_crops_are_drop_free_pairs_and_the_rest_stay_rendered(tmp_path)
     empty = batch["mask"].flatten(1).amax(dim=1) == 0
     assert 16 < int(same.sum()) < 48  # about half, drawn at random
     assert torch.equal(same, empty)  # a drop-free input has an empty mask; a rendered crop keeps its drop
+    assert torch.equal(batch["drop_free"], same), "and the batch says which crops are drop-free"
     plain = PairedImages(tmp_path).batch(np.random.default_rng(0), 64, 32)  # each crop holds the drop
     assert not (plain["rainy"] == plain["clean"]).flatten(1).all(dim=1).any()
 
@@ -73,6 +74,31 @@ def test_attention_loss_weighs_later_steps_more():
     assert math.isclose(attention_loss(maps, mask).item(), 1 + 0.8 + 0.64 + 0.512, rel_tol=1e-6)
     maps[-1] = mask.clone()
     assert math.isclose(attention_loss(maps, mask).item(), 0.8 + 0.64 + 0.512, rel_tol=1e-6)
+
+
+def test_attention_loss_scales_each_crops_errors_by_its_weight():
+    mask = torch.zeros(2, 1, 4, 4)
+    maps = [torch.zeros(2, 1, 4, 4), torch.cat([torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)])]
+    plain = attention_loss(maps, mask)
+    assert math.isclose(plain.item(), 0.5, rel_tol=1e-6), "crop 0 wrong everywhere at the last step: half the mean"
+    assert torch.equal(attention_loss(maps, mask, crop_weights=torch.ones(2)), plain)
+    assert math.isclose(attention_loss(maps, mask, crop_weights=torch.tensor([4.0, 1.0])).item(), 2.0, rel_tol=1e-6)
+    assert attention_loss(maps, mask, crop_weights=torch.tensor([0.0, 9.0])).item() == 0
+
+
+def test_the_identity_map_weight_scales_the_map_loss_of_drop_free_crops(tmp_path):
+    _write_pairs(tmp_path)
+    init = save_weights(tiny_model(), tmp_path / "init.safetensors")
+
+    def first_losses(**options):
+        cfg = TrainConfig(batch=2, patch=16, init_weights=str(init), mixed_precision=False, **options)
+        return Trainer(cfg, tmp_path, tmp_path / "run").train_step()
+
+    plain, weighted = first_losses(identity_fraction=1.0), first_losses(identity_fraction=1.0, identity_map_weight=4.0)
+    assert plain["att"] > 0 and math.isclose(weighted["att"], 4 * plain["att"], rel_tol=1e-5)
+    assert math.isclose(weighted["ms"], plain["ms"], rel_tol=1e-6), "the image losses are left as they are"
+    rendered = first_losses(identity_map_weight=4.0)  # no drop-free crops: the paper's loss
+    assert math.isclose(rendered["att"], first_losses()["att"], rel_tol=1e-6)
 
 
 def test_multiscale_loss_compares_each_scale_with_the_downscaled_target():

@@ -22,7 +22,7 @@ def _print_log(log: Log) -> None:
     if log.validation:
         v = log.validation
         console.print(
-            f"  [bold]val[/] PSNR {v['psnr']:.2f} dB (input {v['input_psnr']:.2f})  "
+            f"  [bold]val[/] PSNR {v['psnr']:.2f} dB (input {v['input_psnr']:.2f}, worst {v['worst_psnr']:.2f})  "
             f"SSIM {v['ssim']:.4f} (input {v['input_ssim']:.4f})  attention IoU {v['attention_iou']:.3f}"
         )
 
@@ -78,6 +78,14 @@ def _print_log(log: Log) -> None:
     help="Share of training crops that are drop-free (the clean crop as input and target), so the "
     "model learns to leave photos without drops untouched. Raise it (say 0.25) if outputs darken "
     "hazy or low-contrast areas of drop-free photos.",
+)
+@click.option(
+    "--identity-map-weight",
+    default=TrainConfig.identity_map_weight,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the attention-map loss on the drop-free crops (--identity), relative to rendered "
+    "crops. Raise it (say 4) if a fine-tune whose maps train opens them on drop-free photos.",
 )
 @click.option(
     "--freeze-attention",

@@ -90,23 +90,25 @@ class PairedImages:
         return len(self.pairs)
 
     def batch(self, rng: np.random.Generator, size: int, patch: int, identity: float = 0.0) -> dict[str, torch.Tensor]:
-        """Random ``patch``² crops with horizontal flips: rainy, clean (N×3×P×P), mask (N×1×P×P) in [0, 1].
+        """Random ``patch``² crops with horizontal flips: rainy, clean (N×3×P×P), mask (N×1×P×P) in [0, 1],
+        and which of them are drop-free (``drop_free``, N booleans).
 
         A share ``identity`` of the crops are drop-free pairs: the clean crop as input and target,
         with an empty mask, to teach that a photo without drops must come out unchanged.
         """
-        rainy, clean, masks = [], [], []
+        rainy, clean, masks, drop_free = [], [], [], []
         for _ in range(size):
             i = int(rng.integers(len(self)))
             sl = _random_crop(rng, self.masks[i].shape, patch)
-            drop_free = identity > 0 and rng.random() < identity
-            rainy.append(self.clean[i][sl] if drop_free else self.rainy[i][sl])
+            drop_free.append(identity > 0 and rng.random() < identity)
+            rainy.append(self.clean[i][sl] if drop_free[-1] else self.rainy[i][sl])
             clean.append(self.clean[i][sl])
-            masks.append(np.zeros_like(self.masks[i][sl]) if drop_free else self.masks[i][sl])
+            masks.append(np.zeros_like(self.masks[i][sl]) if drop_free[-1] else self.masks[i][sl])
         return {
             "rainy": _to_tensor(np.stack(rainy)),
             "clean": _to_tensor(np.stack(clean)),
             "mask": _to_tensor(np.stack(masks)[..., None]),
+            "drop_free": torch.tensor(drop_free),
         }
 
 

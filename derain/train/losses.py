@@ -21,10 +21,20 @@ MAP_WEIGHT = 0.05
 _DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
-def attention_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor, theta: float = ATTENTION_THETA) -> torch.Tensor:
-    """L_ATT = Σ_t θ^(N−t) · MSE(A_t, M)."""
+def attention_loss(
+    maps: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    theta: float = ATTENTION_THETA,
+    crop_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_ATT = Σ_t θ^(N−t) · MSE(A_t, M), each crop's squared errors scaled by ``crop_weights`` (N,)
+    when given (1 everywhere is the paper's loss)."""
     n = len(maps)
-    return sum(theta ** (n - 1 - t) * F.mse_loss(a.float(), mask) for t, a in enumerate(maps))
+    scale = 1.0 if crop_weights is None else crop_weights.to(mask).view(-1, 1, 1, 1)
+    return sum(
+        theta ** (n - 1 - t) * (scale * F.mse_loss(a.float(), mask, reduction="none")).mean()
+        for t, a in enumerate(maps)
+    )
 
 
 def multiscale_loss(

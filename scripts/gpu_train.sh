@@ -144,9 +144,11 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v14's attention maps
   if [ "${FREEZE:-}" = freeze ]; then freeze=(--freeze-attention); fi
   # MAP_WEIGHT weighs the map loss of the drop-free crops (--identity-map-weight); VAL=dropfree
-  # validates on the ship rule's drop-free photos (rule_sets), so the log shows their worst as it goes
-  # (a run cut by its time limit then brings back its most restrained validation, not its last)
-  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" --val "$WORK/${VAL:-val}" -o "$WORK/$name" \
+  # validates on the ship rule's drop-free photos (rule_sets), all 23 whole, so the log shows their
+  # worst as it goes (a run cut by its time limit then brings back its most restrained validation)
+  local val=(--val "$WORK/val")
+  if [ "${VAL:-}" = dropfree ]; then val=(--val "$WORK/dropfree" --val-images 23 --val-crop 720); fi
+  timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" "${val[@]}" -o "$WORK/$name" \
     --init derain-v14 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
     --identity "${IDENTITY:-0.5}" --identity-map-weight "${MAP_WEIGHT:-1}" --lr "${LR:-1e-4}" --steps "$steps" \
     --seed "${SEED:-0}" --val-every "${VAL_EVERY:-200}" 2>&1 |

@@ -879,12 +879,13 @@ def test_eval_folder_without_pairs(tmp_path: Path, rng: np.random.Generator, mod
 def test_train_from_weights_then_warm_restart(tmp_path: Path, rng: np.random.Generator, tiny_weights: Path) -> None:
     _pairs(tmp_path / "set", rng, count=2)
     options = ["--steps", "2", "--batch", "1", "--patch", "16", "--warmup", "0", "--val", tmp_path / "set"]
-    weighted = ["--identity", "0.5", "--identity-map-weight", "4"]
+    weighted = ["--identity", "0.5", "--identity-map-weight", "4", "--val-images", "1", "--val-crop", "16"]
     first = run("train", tmp_path / "set", "-o", tmp_path / "run", "--init", tiny_weights, *options, *weighted)
     assert_ok(first)
     assert "trained to step 2" in first.stderr and "val PSNR" in first.stderr and "worst" in first.stderr
     meta = Derainer(tmp_path / "run" / "final.safetensors", device="cpu").weights_info.meta
     assert meta["train_config"]["identity_map_weight"] == 4 and meta["train_config"]["identity_fraction"] == 0.5
+    assert (meta["train_config"]["val_images"], meta["train_config"]["val_crop"]) == (1, 16)
     restart = ["--init", tmp_path / "run" / "checkpoint.pt", "--attention-steps", "3"]
     again = run("train", tmp_path / "set", "-o", tmp_path / "run2", *restart, *options)
     assert_ok(again)

@@ -8,7 +8,7 @@ import torch
 
 from derain.engine import Derainer
 from derain.train.data import PairedImages, UnpairedImages, find_pairs, mask_from_difference
-from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train
+from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train, validate
 from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
 from derain.weights import load_weights, save_weights
 
@@ -99,6 +99,17 @@ def test_the_identity_map_weight_scales_the_map_loss_of_drop_free_crops(tmp_path
     assert math.isclose(weighted["ms"], plain["ms"], rel_tol=1e-6), "the image losses are left as they are"
     rendered = first_losses(identity_map_weight=4.0)  # no drop-free crops: the paper's loss
     assert math.isclose(rendered["att"], first_losses()["att"], rel_tol=1e-6)
+
+
+def test_validation_scores_gated_outputs_and_the_worst_crop(tmp_path, monkeypatch):
+    _write_pairs(tmp_path, count=2)
+    data, model = PairedImages(tmp_path), tiny_model().eval()
+    plain = validate(model, data, count=2, crop=32)
+    assert plain["worst_psnr"] <= plain["psnr"] and plain["psnr"] != plain["input_psnr"]
+    steps = model.config.steps
+    monkeypatch.setattr(model.attentive_rnn, "forward", lambda image: [torch.zeros_like(image[:, :1])] * steps)
+    gated = validate(model, data, count=2, crop=32, gate=True)
+    assert gated["psnr"] == gated["input_psnr"], "a shut map lets the input through unchanged"
 
 
 def test_multiscale_loss_compares_each_scale_with_the_downscaled_target():

@@ -136,6 +136,20 @@ def _print_log(log: Log) -> None:
 )
 @click.option("--resume/--restart", default=True, show_default=True, help="Continue from the run folder's checkpoint.")
 @click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--val-images",
+    default=TrainConfig.val_images,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many of --val's pairs (the first, by number) each validation scores.",
+)
+@click.option(
+    "--val-crop",
+    default=TrainConfig.val_crop,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Side of the centre crop scored; one larger than the images scores them whole.",
+)
 @friendly
 def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: bool, resume: bool, **options) -> None:
     """Train the generator on pairs in the Raindrop layout (data/<i>_rain.*, gt/<i>_clean.*).

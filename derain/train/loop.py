@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..engine import cpu_supports_bf16
+from ..engine import apply_gate, cpu_supports_bf16
 from ..model import AttentiveDiscriminator, Generator, GeneratorConfig, init_for_training
 from ..weights import load_weights, save_weights
 from . import losses
@@ -149,9 +149,10 @@ def _to_bgr8(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dict[str, float]:
+def validate(model: Generator, data: PairedImages, count: int, crop: int, gate: bool = False) -> dict[str, float]:
     """Paper-protocol PSNR/SSIM (and the input's own) on centre crops, the worst crop's PSNR (on a
-    drop-free set, such as the ship rule's, how far the most changed photo moved), attention IoU."""
+    drop-free set, such as the ship rule's, how far the most changed photo moved), attention IoU.
+    ``gate``: score the outputs through the attention gate, as users of gated weights get them."""
     model.eval()
     scores = {"psnr": [], "ssim": [], "input_psnr": [], "input_ssim": []}
     overlaps = []
@@ -161,9 +162,13 @@ def validate(model: Generator, data: PairedImages, count: int, crop: int) -> dic
         y, x = (h - ch) // 2, (w - cw) // 2
         sl = (slice(y, y + ch), slice(x, x + cw))
         rainy = torch.from_numpy(data.rainy[i][sl].copy()).permute(2, 0, 1)[None].float() / 255
-        out = model(rainy.to(next(model.parameters()).device), side_outputs=False)
+        rainy = rainy.to(next(model.parameters()).device)
+        out = model(rainy, side_outputs=False)
+        image = out.image.float()
+        if gate:
+            apply_gate(image, rainy, out.attention[-1][:, 0])
         clean = data.clean[i][sl][..., ::-1]
-        for prefix, img in (("", _to_bgr8(out.image[0].cpu())), ("input_", data.rainy[i][sl][..., ::-1])):
+        for prefix, img in (("", _to_bgr8(image[0].cpu())), ("input_", data.rainy[i][sl][..., ::-1])):
             p, s = metrics.score(np.ascontiguousarray(img), np.ascontiguousarray(clean))
             scores[prefix + "psnr"].append(p)
             scores[prefix + "ssim"].append(s)
@@ -372,7 +377,7 @@ class Trainer:
             since += 1
             validation = None
             if self.val_data is not None and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
-                validation = validate(self.ema.model, self.val_data, cfg.val_images, cfg.val_crop)
+                validation = validate(self.ema.model, self.val_data, cfg.val_images, cfg.val_crop, self.gate)
                 if validation["psnr"] > self.best_psnr:
                     self.best_psnr = validation["psnr"]
                     self.export(self.out_dir / "best.safetensors", {"validation_crops": validation})

@@ -41,7 +41,9 @@ def _print_log(log: Log) -> None:
     "--val",
     "val_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Held-out pairs for periodic validation (PSNR/SSIM, attention IoU).",
+    help="Held-out pairs for periodic validation: PSNR/SSIM (the mean and the worst image) and attention "
+    "IoU, through the attention gate for weights that use it. Drop-free photos here track what the ship "
+    "rule's drop-free check will say.",
 )
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch", default=TrainConfig.batch, show_default=True, type=click.IntRange(min=1))

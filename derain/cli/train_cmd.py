@@ -42,8 +42,8 @@ def _print_log(log: Log) -> None:
     "val_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Held-out pairs for periodic validation: PSNR/SSIM (the mean and the worst image) and attention "
-    "IoU, through the attention gate for weights that use it. Drop-free photos here track what the ship "
-    "rule's drop-free check will say.",
+    "IoU, through the attention gate for weights that use it. A folder of drop-free pairs here shows "
+    "how far training moves photos without drops.",
 )
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch", default=TrainConfig.batch, show_default=True, type=click.IntRange(min=1))

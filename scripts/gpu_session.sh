@@ -29,6 +29,9 @@
 # network"); BENCH="" skips the benchmark, renders on CORES processes of all 16 cores with the
 # ship rule's sets rendered beside them, and needs no PyAV (.whl). Each fit ends by DEADLINE less
 # SCORE_SECONDS (default 70) at the latest, however long the renders took.
+# Next (weights/README.md, "Where the drop-free damage sits"): BENCH=compiled VAL=dropfree
+# VAL_EVERY=100 LR=5e-5 UNPAIRED=0 RUNS="mw3:0.3:19::4 mw4:0.4:19::4 mw5:0.5:19::4": open-map runs
+# with the drop-free crops' map loss ×4, the drop-free worst in each log every 100 steps.
 # BENCH=compiled times issue 17's NHWC and torch.compile variants (scripts/gpu_compile.py) beside
 # the renders; the bench's 230 s may cut its max-autotune row: `scripts/gpu_bench.sh OUT compiled`
 # alone runs it all (about 10 minutes at most).

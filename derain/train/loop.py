@@ -60,7 +60,7 @@ class TrainConfig:
     """Weight of the attention loss on the drop-free crops, relative to rendered ones. Above 1 the
     map is told harder to stay shut where there are no drops: on CPU fine-tunes of derain-v14 that
     let the map train (crops at 0.3), ×4 took drop-free photos' worst from 31.6 to 32.7 dB at the
-    same real-pair gain (weights/README.md)."""
+    same real-pair gain: a help, not yet a cure (weights/README.md)."""
     freeze_attention: bool = False
     """Train the autoencoder alone and keep ``init_weights``' attentive-recurrent network, so the
     maps, and with them where the attention gate lets changes through, stay as they were. Measured

@@ -100,10 +100,11 @@ class PairedImages:
         for _ in range(size):
             i = int(rng.integers(len(self)))
             sl = _random_crop(rng, self.masks[i].shape, patch)
-            drop_free.append(identity > 0 and rng.random() < identity)
-            rainy.append(self.clean[i][sl] if drop_free[-1] else self.rainy[i][sl])
+            free = identity > 0 and rng.random() < identity
+            drop_free.append(free)
+            rainy.append(self.clean[i][sl] if free else self.rainy[i][sl])
             clean.append(self.clean[i][sl])
-            masks.append(np.zeros_like(self.masks[i][sl]) if drop_free[-1] else self.masks[i][sl])
+            masks.append(np.zeros_like(self.masks[i][sl]) if free else self.masks[i][sl])
         return {
             "rainy": _to_tensor(np.stack(rainy)),
             "clean": _to_tensor(np.stack(clean)),

@@ -86,10 +86,13 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # repaint even under a full map (weights/README.md, "Night and raindrop-focused drops"). The
   # next SOFT_CORES (default 1) render soft round blobs on glass close to the lens, with the veil:
   # the look of most Raindrop photos, and the renders that lifted three of the four real pairs in
-  # a frozen-map CPU fine-tune (weights/README.md, "Soft round blobs").
+  # a frozen-map CPU fine-tune (weights/README.md, "Soft round blobs"). The next MILKY_CORES
+  # (default 1) render dense small milky discs, moderately defocused: the drops over the dark car
+  # of the fourth real pair, which a frozen-map CPU fine-tune on them lifted by 1.85 dB
+  # (weights/README.md, "Milky drops").
   # SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
-  local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1} soft=${SOFT_CORES:-1}
+  local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1} soft=${SOFT_CORES:-1} milky=${MILKY_CORES:-1}
   for kv in ${SETS:-}; do sets+=(--set "$kv"); done
   for i in $(seq 0 $((cores - 1))); do
     local rich=() count=$((renders / cores))
@@ -102,6 +105,10 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
     elif ((i < small + focus + soft)); then
       rich=(--set glass_mm=20,50 --set merge_prob=0 --set aspect=1,1.2 --set coverage=0.3,0.7 --set haze_prob=0.8
         --set night_prob=0 --set drop_focus_prob=0 --set drizzle_prob=0 --set empty_prob=0)
+    elif ((i < small + focus + soft + milky)); then
+      rich=(--set radius=5,14 --set coverage=0.4,0.7 --set large_drop_prob=0 --set max_drops=4000 --set ambient=0.2,0.5
+        --set sky_boost=2,4 --set glass_mm=100,200 --set merge_prob=0 --set night_prob=0 --set drop_focus_prob=0
+        --set drizzle_prob=0 --set empty_prob=0)
     elif ((i % 2)); then
       rich=(--set night_prob=0.4)
     fi

@@ -88,8 +88,8 @@ render() {  # DATA: training and validation renders into $WORK, on $CORES proces
   # the look of most Raindrop photos, and the renders that lifted three of the four real pairs in
   # a frozen-map CPU fine-tune (weights/README.md, "Soft round blobs"). The next MILKY_CORES
   # (default 1) render dense small milky discs, moderately defocused: the drops over the dark car
-  # of the fourth real pair, which a frozen-map CPU fine-tune on them lifted by 1.85 dB
-  # (weights/README.md, "Milky drops").
+  # of the fourth real pair, which a frozen-map CPU fine-tune on them lifted by 1.85 dB, though
+  # not within the drop-free rule (weights/README.md, "Milky drops").
   # SETS adds renderer settings to every process, e.g. SETS="haze_prob=0.2"
   local cores=${CORES:-$(nproc --all)} renders=${RENDERS:-4000} sets=()
   local small=${SMALL_CORES:-$((cores / 2))} focus=${FOCUS_CORES:-1} soft=${SOFT_CORES:-1} milky=${MILKY_CORES:-1}

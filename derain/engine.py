@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
+from .dense import combine_changes, dense_region, density_weights, enlarge, reduce_change
 from .fusion import DEFAULT_RADIUS
 from .lights import light_sources
 from .model import SIZE_MULTIPLE, Generator
@@ -133,6 +134,9 @@ class Derainer:
     so pixels the model saw no drop in, and light sources it would paint over (:mod:`derain.lights`),
     stay as they were; False gives the network's raw output;
     None does what the weights were validated with (on for the shipped ones, off for ``gen.pkl``).
+    ``dense_pass``: where the gate's map finds drops crowded together, derain that region again at
+    twice the size and keep the larger change (:mod:`derain.dense`); it needs the gate, and None
+    follows it. Photos without dense drops cost nothing more; a photo covered in them, up to 6×.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Derainer:
         steps: int | None = None,
         gate: bool | None = None,
         working_size: int | None = WORKING_SIZE,
+        dense_pass: bool | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
@@ -164,6 +169,9 @@ class Derainer:
         self.working_size = working_size
         model, self.weights_info = load_weights(weights)  # config, channel order, provenance
         self.gate = self.weights_info.gate if gate is None else gate
+        if dense_pass and not self.gate:
+            raise ValueError("the dense pass needs the attention gate: turn the gate on, or the dense pass off")
+        self.dense_pass = self.gate if dense_pass is None else dense_pass
         if steps is not None:
             model.set_steps(steps)
         self.model = self._prepare(model)
@@ -214,10 +222,11 @@ class Derainer:
         """Clean an image and, optionally, return the attention maps from the same pass."""
         scale = _check_image(image)
         size = self._working_shape(*image.shape[:2])
-        if size is None:
-            return self._run_one(image, scale, with_attention)
-        small = _resize(image, size)
-        return _scale_back(image, small, self._run_one(small, scale, with_attention))
+        small = image if size is None else _resize(image, size)
+        result = self._run_one(small, scale, with_attention or self.dense_pass)
+        if self.dense_pass:
+            result = self._dense_pass(small, scale, result, with_attention)
+        return result if size is None else _scale_back(image, small, result)
 
     def batch_size(self, height: int, width: int) -> int:
         """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
@@ -235,10 +244,11 @@ class Derainer:
             return [self.run(i, with_attention=True) for i in images]
         scale = _check_image(images[0])
         size = self._working_shape(*images[0].shape[:2])
-        if size is None:
-            return self._run_same_size(images, scale)
-        small = [_resize(i, size) for i in images]
-        return [_scale_back(*args) for args in zip(images, small, self._run_same_size(small, scale))]
+        small = images if size is None else [_resize(i, size) for i in images]
+        results = self._run_same_size(small, scale)
+        if self.dense_pass:
+            results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
+        return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
 
     # --- internals --------------------------------------------------------------------------
 
@@ -256,6 +266,26 @@ class Derainer:
                     raise
                 torch.cuda.empty_cache()
                 tile = max(MIN_TILE, (min(tile, max(padded.shape[:2])) // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+    def _dense_pass(self, image: np.ndarray, scale: float, result: Restoration, with_attention: bool) -> Restoration:
+        """``result`` (of ``image`` at the network's size, with its maps) with the dense drops that
+        a second pass at 2× removes (:mod:`derain.dense`); its maps are the first pass's, if asked for.
+        A photo the network sees above the working size (``working_size=None``) has drops large
+        enough already, and is left as it is."""
+        maps = result.attention if with_attention else None
+        weights = None if min(image.shape[:2]) > WORKING_SIZE else density_weights(result.attention[-1])
+        region = None if weights is None else dense_region(weights)
+        if region is None:
+            return Restoration(result.image, maps)
+        # Lamps as the whole frame tells them (a crop of a night shot may look like day)
+        weights *= 1.0 - light_sources(torch.from_numpy(image).permute(2, 0, 1).float().div_(scale)).numpy()
+        crop = image[region].astype(np.float32)
+        big = enlarge(image[region])
+        second = self._run_one(big, scale, with_attention=False).image.astype(np.float32) - big
+        change = combine_changes(result.image[region] - crop, reduce_change(second, crop.shape[:2]), weights[region])
+        pixels = result.image.copy()
+        pixels[region] = np.clip(np.rint(crop + change), 0.0, float(np.iinfo(image.dtype).max))
+        return Restoration(pixels, maps)
 
     def _run_same_size(self, images: list[np.ndarray], scale: float) -> list[Restoration]:
         """:meth:`run_batch` at the images' own size."""

@@ -270,8 +270,8 @@ class Derainer:
     def _dense_pass(self, image: np.ndarray, scale: float, result: Restoration, with_attention: bool) -> Restoration:
         """``result`` (of ``image`` at the network's size, with its maps) with the dense drops that
         a second pass at 2× removes (:mod:`derain.dense`); its maps are the first pass's, if asked for.
-        A photo the network sees above the working size (``working_size=None``) has drops large
-        enough already, and is left as it is."""
+        A photo the network sees with a short side over :data:`WORKING_SIZE` (``working_size=None``
+        or a larger one) has drops large enough already, and is left as it is."""
         maps = result.attention if with_attention else None
         weights = None if min(image.shape[:2]) > WORKING_SIZE else density_weights(result.attention[-1])
         region = None if weights is None else dense_region(weights)

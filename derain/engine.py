@@ -203,7 +203,7 @@ class Derainer:
 
     def attention(self, image: np.ndarray) -> list[np.ndarray]:
         """The N raindrop attention maps, float32 H×W clamped to [0, 1] (later = more refined)."""
-        return self.run(image, with_attention=True).attention
+        return self._run(image, with_attention=True, dense_pass=False).attention  # the first pass's maps in any case
 
     def clean_frames(
         self, frames: Iterable[np.ndarray], fuse: bool = True, window: int = DEFAULT_RADIUS, find_missed: bool = True
@@ -220,13 +220,7 @@ class Derainer:
 
     def run(self, image: np.ndarray, with_attention: bool = False) -> Restoration:
         """Clean an image and, optionally, return the attention maps from the same pass."""
-        scale = _check_image(image)
-        size = self._working_shape(*image.shape[:2])
-        small = image if size is None else _resize(image, size)
-        result = self._run_one(small, scale, with_attention or self.dense_pass)
-        if self.dense_pass:
-            result = self._dense_pass(small, scale, result, with_attention)
-        return result if size is None else _scale_back(image, small, result)
+        return self._run(image, with_attention, self.dense_pass)
 
     def batch_size(self, height: int, width: int) -> int:
         """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
@@ -251,6 +245,16 @@ class Derainer:
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
 
     # --- internals --------------------------------------------------------------------------
+
+    def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool) -> Restoration:
+        """:meth:`run`, with or without the dense pass."""
+        scale = _check_image(image)
+        size = self._working_shape(*image.shape[:2])
+        small = image if size is None else _resize(image, size)
+        result = self._run_one(small, scale, with_attention or dense_pass)
+        if dense_pass:
+            result = self._dense_pass(small, scale, result, with_attention)
+        return result if size is None else _scale_back(image, small, result)
 
     def _run_one(self, image: np.ndarray, scale: float, with_attention: bool) -> Restoration:
         """:meth:`run` at the image's own size: whole, or in tiles (smaller ones if a GPU runs out)."""

@@ -91,6 +91,18 @@ def test_without_dense_drops_the_photo_comes_out_as_the_first_pass_left_it(tiny_
     assert len(result.attention) == 2 and dense.run(image).attention is None
 
 
+def test_the_attention_maps_are_the_first_pass_s_and_cost_no_second_one(tiny_weights, rng, monkeypatch):
+    monkeypatch.setattr(derain.engine, "density_weights", lambda a: np.ones(a.shape, np.float32))
+    single, dense = _derainers(tiny_weights)
+    image = random_image(rng, 40, 56)
+    maps = dense.run(image, with_attention=True).attention
+    for first, second in zip(single.attention(image), maps):
+        assert np.array_equal(first, second)
+    monkeypatch.setattr(derain.engine, "enlarge", lambda image: pytest.fail("a second pass for the maps alone"))
+    for first, second in zip(dense.attention(image), maps):
+        assert np.array_equal(first, second)
+
+
 def test_where_drops_are_dense_the_larger_of_the_two_passes_changes_is_taken(tiny_weights, rng, monkeypatch):
     monkeypatch.setattr(derain.engine, "density_weights", lambda a: np.ones(a.shape, np.float32))
     single, dense = _derainers(tiny_weights)

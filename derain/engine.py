@@ -277,8 +277,10 @@ class Derainer:
         A photo the network sees with a short side over :data:`WORKING_SIZE` (``working_size=None``
         or a larger one) has drops large enough already, and is left as it is."""
         maps = result.attention if with_attention else None
-        weights = None if min(image.shape[:2]) > WORKING_SIZE else density_weights(result.attention[-1])
-        region = None if weights is None else dense_region(weights)
+        if min(image.shape[:2]) > WORKING_SIZE:
+            return Restoration(result.image, maps)
+        weights = density_weights(result.attention[-1])
+        region = dense_region(weights)
         if region is None:
             return Restoration(result.image, maps)
         # Lamps as the whole frame tells them (a crop of a night shot may look like day)

@@ -140,7 +140,7 @@ def conv_peaks(derainer: Derainer, width: int, height: int) -> dict[str, float]:
     side = min(max(width, height), derainer._tile_size(height, width))
     height, width = min(height, side), min(width, side)
     dtype = next(derainer.model.parameters()).dtype
-    layout = torch.channels_last if derainer.device.type == "cpu" else torch.contiguous_format
+    layout = torch.channels_last if derainer.channels_last else torch.contiguous_format
     peaks = {}
     for channels, scale in PEAK_SHAPES:
         h, w = height // scale, width // scale
@@ -230,9 +230,10 @@ def benchmark(
     repeat: int = 2,
     reference: bool = True,
     onnx: bool = False,
+    compile: bool = False,
 ) -> BenchReport:
-    """Time the chosen settings, a conv peak, plain fp32 (untiled up to 4 MP) and optionally
-    onnxruntime, on a ``size`` (W, H) photo."""
+    """Time the chosen settings, a conv peak, plain fp32 (untiled up to 4 MP, never compiled) and
+    optionally onnxruntime, on a ``size`` (W, H) photo. A compiled model compiles in the warm-up."""
     width, height = size
     if onnx and width * height > UNTILED_REFERENCE_LIMIT:
         raise ValueError(f"onnxruntime runs untiled: compare at most {UNTILED_REFERENCE_LIMIT // 1_000_000} MP")
@@ -242,10 +243,12 @@ def benchmark(
     extra: dict = {"working_size": None, "dense_pass": False}
     if tile_overlap is not None:
         extra["tile_overlap"] = tile_overlap
-    chosen = Derainer(weights, device=device, precision=precision, tile=tile, steps=steps, gate=gate, **extra)
+    chosen = Derainer(
+        weights, device=device, precision=precision, tile=tile, steps=steps, gate=gate, compile=compile, **extra
+    )
     flops = flops_per_megapixel(chosen.model.config)
     peaks = conv_peaks(chosen, width, height)
-    row, out = time_derainer("default", chosen, image, repeat, flops)
+    row, out = time_derainer("compiled" if compile else "default", chosen, image, repeat, flops)
     report = BenchReport(
         width,
         height,

@@ -364,6 +364,7 @@ def test_clean_bad_weights(tmp_path: Path, rng: np.random.Generator) -> None:
         (["--tile", "abc"], "tile"),
         (["--tile", "3"], "tile"),
         (["--device", "toaster"], "toaster"),
+        (["--compile"], "for CUDA GPUs, not cpu (leave out --compile)"),
     ],
 )
 def test_clean_unusable_setup(
@@ -967,10 +968,9 @@ def test_bench_table_without_reference(model: list[str]) -> None:
     assert "GFLOP per megapixel" in result.stdout and "speed-up" not in result.stdout
 
 
-def test_bench_bad_setup(tiny_weights: Path) -> None:
-    assert_fails(
-        run("bench", "--size", "64x48", "--weights", tiny_weights, "--device", "cpu", "--precision", "fp16"), 2, "fp16"
-    )
+@pytest.mark.parametrize("options, reason", [(["--precision", "fp16"], "fp16"), (["--compile"], "CUDA GPUs")])
+def test_bench_bad_setup(tiny_weights: Path, options: list[str], reason: str) -> None:
+    assert_fails(run("bench", "--size", "64x48", "--weights", tiny_weights, "--device", "cpu", *options), 2, reason)
 
 
 # --- as a real process --------------------------------------------------------------------------

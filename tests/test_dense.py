@@ -118,6 +118,14 @@ def test_where_drops_are_dense_the_larger_of_the_two_passes_changes_is_taken(tin
     assert np.array_equal(frames[0].image, out), "video frames get the same pass"
 
 
+def test_a_flipped_view_of_a_photo_gets_the_dense_pass_of_its_copy(tiny_weights, rng, monkeypatch):
+    monkeypatch.setattr(derain.engine, "density_weights", lambda a: np.ones(a.shape, np.float32))
+    _, dense = _derainers(tiny_weights)
+    bgr = random_image(rng, 40, 56)
+    view = bgr[..., ::-1]  # BGR to RGB as a view: negative strides
+    assert np.array_equal(dense.clean(view), dense.clean(view.copy()))
+
+
 def test_a_photo_seen_above_the_working_size_gets_no_second_pass(tiny_weights, rng, monkeypatch):
     monkeypatch.setattr(derain.engine, "density_weights", lambda a: np.ones(a.shape, np.float32))
     seen = []

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import derain.engine
 from derain.engine import (
     GATE_LEVEL,
     GATE_SIGMA,
@@ -208,6 +209,26 @@ def test_bf16_output_is_close_to_fp32(tiny_weights, rng):
     fp32 = Derainer(tiny_weights, device="cpu", precision="fp32").clean(image)
     bf16 = Derainer(tiny_weights, device="cpu", precision="bf16").clean(image)
     assert psnr(fp32, bf16) > 30
+
+
+def test_compiling_is_refused_off_cuda_and_without_triton(tiny_weights, monkeypatch):
+    with pytest.raises(ValueError, match="for CUDA GPUs, not cpu"):
+        Derainer(tiny_weights, device="cpu", compile=True)
+    monkeypatch.setattr(derain.engine, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(derain.engine.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="needs Triton: pip install triton"):
+        Derainer(tiny_weights, device="cuda", compile=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_compiled_model_matches_the_eager_one_on_cuda(tiny_weights, rng):
+    images = [random_image(rng, 96, 128) for _ in range(3)]
+    eager = Derainer(tiny_weights, device="cuda")
+    compiled = Derainer(tiny_weights, device="cuda", compile=True)
+    assert compiled.channels_last and not eager.channels_last
+    for image in [*images, images[0][:64, :80].copy()]:  # a second size: the dynamic graph
+        difference = np.abs(compiled.clean(image).astype(int) - eager.clean(image)).max()
+        assert difference <= 2, f"{difference} levels apart"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,8 +2,9 @@
 # The GPU figures of the README's Performance section, in one go (on an H100 with an idle host,
 # `video` takes about 4 minutes and `network` about 2).
 # Usage: scripts/gpu_bench.sh [OUTDIR [PART...]]   PARTs: network, video (default: both, in that order),
-#        compiled (issue 17: NHWC and torch.compile against today's eager path; not yet run, allow
-#        about 10 minutes: compiling and max-autotune's search dominate)
+#        compiled (issue 17: NHWC and torch.compile against the eager NCHW path; allow about 10
+#        minutes: compiling and max-autotune's search dominate), engine (`--compile` in the engine,
+#        about 3 minutes), profile (where one photo's time goes, about a minute)
 # Needs `derain` on PATH and PyAV (the [video] extra). The lent GPU machine has neither and
 # cannot download: carry PyAV as an xz tarball of its wheel's contents (25 MB; the wheel is 36),
 # unpack it onto PYTHONPATH, and put a `derain` script that runs `python3 -m derain "$@"` on PATH.
@@ -76,6 +77,80 @@ compiled() {  # issue 17: scripts/gpu_compile.py at 720x480 (8 frames a batch) a
     timeout 300 "${run[@]}" --size 720x480 --batch 8 --only "eager NCHW (today),compile NHWC max-autotune" \
       --json "$out/autotune_720x480.json" || echo "max-autotune: not done in 300 s"
   } 2>&1 | tee "$out/compile.txt"
+}
+
+engine() {  # issue 17: the engine with and without --compile (NHWC on CUDA either way), about 3 minutes:
+  # `derain bench` (one photo at a time, as the README's rows) at 720x480 and 1080p, then frames in
+  # batches as `derain video --working-size full` runs them (copies to and from the GPU included),
+  # then the shipped example through the default engine (dense pass, its regions in a dynamic graph)
+  python - "$out" <<'PY'
+import json, sys, time
+from dataclasses import asdict
+from pathlib import Path
+import cv2, numpy as np
+from derain import Derainer
+from derain.benchmark import benchmark
+out, results = Path(sys.argv[1]), {}
+def keep(label, **row):
+    results[label] = row
+    (out / "engine.json").write_text(json.dumps(results, indent=1))
+    print(label, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+for w, h in ((720, 480), (1920, 1080)):
+    for compiled in (False, True):
+        start = time.perf_counter()
+        report = benchmark(device="cuda", size=(w, h), repeat=5, reference=False, compile=compiled)
+        keep(f"bench {w}x{h} compile={compiled}", **asdict(report.rows[0]), call_seconds=time.perf_counter() - start)
+photo = cv2.imread("examples/rainy.jpg")[..., ::-1]
+for w, h in ((720, 480), (1920, 1080)):
+    big = cv2.resize(photo, (w + 64, h + 64), interpolation=cv2.INTER_CUBIC)
+    frames = [np.ascontiguousarray(big[k : k + h, k : k + w]) for k in range(64)]
+    outputs = {}
+    for compiled in (False, True):
+        derainer = Derainer(device="cuda", working_size=None, dense_pass=False, compile=compiled)
+        n = derainer.batch_size(h, w)
+        start = time.perf_counter()
+        derainer.run_batch(frames[:n])
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs[compiled] = [r.image for i in range(0, 64 - 64 % n, n) for r in derainer.run_batch(frames[i : i + n])]
+        seconds = time.perf_counter() - start
+        count = len(outputs[compiled])
+        diff = int(max(np.abs(a.astype(int) - b).max() for a, b in zip(outputs[True], outputs[False]))) if compiled else 0
+        keep(f"frames {w}x{h} compile={compiled}", batch=n, frames_per_second=count / seconds,
+             mp_per_second=count * w * h / seconds / 1e6, first_batch_seconds=first, max_diff_vs_eager=diff)
+for compiled in (False, True):
+    derainer = Derainer(device="cuda", compile=compiled)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        cleaned = derainer.clean(photo)
+        times.append(time.perf_counter() - start)
+    cv2.imwrite(str(out / f"example_compile_{compiled}.png"), cleaned[..., ::-1])
+    keep(f"example compile={compiled}", seconds=times)
+PY
+}
+
+profile() {  # issue 17's open question: where does one 720x480 photo's time go, eager and --compile
+  # (0.023 s eager NCHW, 0.056 s compiled: the network alone runs 8 such frames in 0.049 s)? The top
+  # rows of torch.profiler's table for three calls of each, after a warm-up (about a minute)
+  python - "$out" <<'PY' | tee "$out/profile.txt"
+import sys
+from pathlib import Path
+from torch.profiler import ProfilerActivity, profile
+from derain import Derainer
+from derain.benchmark import synthetic_photo
+photo, out = synthetic_photo(720, 480), Path(sys.argv[1])
+for compiled in (False, True):
+    derainer = Derainer(device="cuda", working_size=None, dense_pass=False, compile=compiled)
+    derainer.clean(photo)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            derainer.clean(photo)
+    print(f"--- compile={compiled}: three calls", flush=True)
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    prof.export_chrome_trace(str(out / f"trace_compile_{compiled}.json"))
+PY
 }
 
 for part in "${parts[@]}"; do "$part"; done

@@ -29,12 +29,13 @@
 # network"); BENCH="" skips the benchmark, renders on CORES processes of all 16 cores with the
 # ship rule's sets rendered beside them, and needs no PyAV (.whl). Each fit ends by DEADLINE less
 # SCORE_SECONDS (default 70) at the latest, however long the renders took.
-# Next (weights/README.md, "Where the drop-free damage sits"): BENCH=compiled VAL=dropfree
-# VAL_EVERY=100 LR=5e-5 UNPAIRED=0 RUNS="mw3:0.3:19::4 mw4:0.4:19::4 mw5:0.5:19::4": open-map runs
-# with the drop-free crops' map loss ×4, the drop-free worst in each log every 100 steps.
-# BENCH=compiled times issue 17's NHWC and torch.compile variants (scripts/gpu_compile.py) beside
-# the renders; the bench's 230 s may cut its max-autotune row: `scripts/gpu_bench.sh OUT compiled`
-# alone runs it all (about 10 minutes at most).
+# On 2026-11-28, evening (an H200; weights/README.md, "A third GPU run"): BENCH=compiled VAL=dropfree
+# VAL_EVERY=100 LR=5e-5 UNPAIRED=0 SCORE_SECONDS=100 RUNS="mw3:0.3:19::4 mw4:0.4:19::4 mw5:0.5:19::4"
+# took 579 s: the compiled bench cut at its 230 s before its max-autotune row, 896 renders beside
+# it, three fits of 230 s (400-450 steps each, three at once), scored. None passes the rule.
+# Next: `scripts/gpu_bench.sh OUT profile engine` alone (about 4 minutes; PYTHONPATH=$PWD, carry
+# nothing): where one 720x480 photo's time goes, eager and compiled (issue 17), and `--compile`
+# again, on an H100 if that is what is lent.
 # On 2026-11-28 (an H200; weights/README.md, "Soft round blobs at GPU scale") `BENCH="" CORES=14
 # RENDERS=1280 SMALL_CORES=4 SOFT_CORES=5 FIT_STEPS=400 LR=5e-5 UNPAIRED=0` with three RUNS took
 # 331 s (1,190 renders in 103 s, three 400-step fits at once, scored), and STAGE=fit with two
@@ -46,11 +47,11 @@ runs=${RUNS:-"id6:0.6:0 fz6:0.6:0:freeze"}
 rm -rf "$stage"
 mkdir -p /tmp/site /tmp/bin "$out" "$stage"
 bench=${BENCH-video network} deadline=${DEADLINE:-570}
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
 if [ -n "$bench" ]; then
   [ -d /tmp/site/av ] || tar xJf .whl/av.tar.xz -C /tmp/site
   python3 -c "import av; print('av', av.__version__)"
 fi
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
 printf '#!/bin/sh\nexec python3 -m derain "$@"\n' > /tmp/bin/derain && chmod +x /tmp/bin/derain
 python3 -c "import torch; print('torch', torch.__version__)"
 

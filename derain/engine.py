@@ -247,16 +247,17 @@ class Derainer:
     def batch_size(self, height: int, width: int) -> int:
         """Images of this size that share a forward pass: 1 on the CPU or when they need tiles,
         else as many as the free memory allows (up to :data:`MAX_TILE_BATCH`)."""
-        height, width = self._working_shape(height, width) or (height, width)
-        ph, pw = height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
-        if self.device.type == "cpu" or self._tile_size(ph, pw) < max(ph, pw):
+        if self.device.type == "cpu" or self._needs_tiles(height, width):
             return 1
+        ph, pw = self._network_shape(height, width)
         return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
 
     def run_batch(self, images: list[np.ndarray]) -> list[Restoration]:
         """:meth:`run` with attention on each image, in one forward pass when they share a size and
-        dtype (video frames; size the list with :meth:`batch_size`). Same results, image by image."""
-        if len(images) == 1 or len({(i.shape, i.dtype) for i in images}) > 1:
+        dtype and need no tiles (video frames; size the list with :meth:`batch_size`). Same results,
+        image by image."""
+        shapes = {(i.shape, i.dtype) for i in images}
+        if len(images) == 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
             return [self.run(i, with_attention=True) for i in images]
         scale = _check_image(images[0])
         size = self._working_shape(*images[0].shape[:2])
@@ -324,6 +325,16 @@ class Derainer:
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
             return [self._run_one(i, scale, with_attention=True) for i in images]
+
+    def _network_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network sees an image of this size at: its working size, padded."""
+        height, width = self._working_shape(height, width) or (height, width)
+        return height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
+
+    def _needs_tiles(self, height: int, width: int) -> bool:
+        """Whether an image of this size is derained in tiles."""
+        ph, pw = self._network_shape(height, width)
+        return self._tile_size(ph, pw) < max(ph, pw)
 
     def _working_shape(self, height: int, width: int) -> tuple[int, int] | None:
         """(height, width) to derain an image of this size at, or None for its own size."""

@@ -151,6 +151,13 @@ def test_frames_in_a_batch_are_scaled_like_single_photos(tiny_weights, rng):
         assert batched.attention[-1].shape == (60, 80)
 
 
+def test_frames_too_large_for_one_pass_are_tiled_one_by_one(tiny_weights, rng):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32", tile=64, tile_overlap=16)
+    frames = [random_image(rng, 70, 96) for _ in range(2)]
+    for batched, frame in zip(derainer.run_batch(frames), frames):
+        assert np.array_equal(batched.image, derainer.clean(frame)), "tiled, as a single photo is"
+
+
 def test_omp_num_threads_is_respected_on_the_cpu(tiny_weights, monkeypatch):
     before = torch.get_num_threads()
     try:

@@ -252,17 +252,18 @@ class Derainer:
         ph, pw = self._network_shape(height, width)
         return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
 
-    def run_batch(self, images: list[np.ndarray]) -> list[Restoration]:
+    def run_batch(self, images: list[np.ndarray], all_maps: bool = True) -> list[Restoration]:
         """:meth:`run` with attention on each image, in one forward pass when they share a size and
         dtype and need no tiles (video frames; size the list with :meth:`batch_size`). Same results,
-        image by image."""
+        image by image. ``all_maps=False`` returns the final map alone (all video needs): on a GPU
+        the others never leave it."""
         shapes = {(i.shape, i.dtype) for i in images}
         if len(images) == 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
-            return [self.run(i, with_attention=True) for i in images]
+            return _maps_kept([self.run(i, with_attention=True) for i in images], all_maps)
         scale = _check_image(images[0])
         size = self._working_shape(*images[0].shape[:2])
         small = images if size is None else [_resize(i, size) for i in images]
-        results = self._run_same_size(small, scale)
+        results = self._run_same_size(small, scale, all_maps)
         if self.dense_pass:
             results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
@@ -317,14 +318,14 @@ class Derainer:
         pixels[region] = np.clip(np.rint(crop + change), 0.0, float(np.iinfo(image.dtype).max))
         return Restoration(pixels, maps)
 
-    def _run_same_size(self, images: list[np.ndarray], scale: float) -> list[Restoration]:
+    def _run_same_size(self, images: list[np.ndarray], scale: float, all_maps: bool) -> list[Restoration]:
         """:meth:`run_batch` at the images' own size."""
         batch = self._model_order(np.stack([_pad_to_multiple(i, SIZE_MULTIPLE) for i in images]))
         try:
-            return self._run_whole(batch, scale, images[0], with_attention=True)
+            return self._run_whole(batch, scale, images[0], with_attention=True, all_maps=all_maps)
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
-            return [self._run_one(i, scale, with_attention=True) for i in images]
+            return _maps_kept([self._run_one(i, scale, with_attention=True) for i in images], all_maps)
 
     def _network_shape(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the network sees an image of this size at: its working size, padded."""
@@ -347,12 +348,14 @@ class Derainer:
         """RGB pixels (…×H×W×3) in the channel order the weights were trained on."""
         return pixels[..., ::-1] if self.weights_info.channel_order == "BGR" else pixels
 
-    def _run_whole(self, batch: np.ndarray, scale: float, like: np.ndarray, with_attention: bool) -> list[Restoration]:
+    def _run_whole(
+        self, batch: np.ndarray, scale: float, like: np.ndarray, with_attention: bool, all_maps: bool = True
+    ) -> list[Restoration]:
         """Untiled: a batch of whole padded images (N×H×W×3 integers) through one forward pass,
-        gated and rounded on the device, so only the finished pixels come back."""
+        gated and rounded on the device, so only the finished pixels (and the maps asked for) come back."""
         x = self._to_device(batch, scale)
         image, maps = self._infer(x)
-        return self._finish(image, x, maps if with_attention else maps[-1:], like, with_attention)
+        return self._finish(image, x, maps if with_attention and all_maps else maps[-1:], like, with_attention)
 
     def _run_tiled(
         self, padded: np.ndarray, scale: float, tile: int, like: np.ndarray, with_attention: bool
@@ -451,6 +454,11 @@ class Derainer:
         """Run the generator on an N×H×W×3 integer batch; float32 N×H×W×3 and N×H×W maps out."""
         image, maps = self._infer(self._to_device(batch, scale))
         return Restoration(image.permute(0, 2, 3, 1).cpu().numpy(), [m.cpu().numpy() for m in maps])
+
+
+def _maps_kept(results: list[Restoration], all_maps: bool) -> list[Restoration]:
+    """``results`` with all their attention maps, or with the final one alone."""
+    return results if all_maps else [Restoration(r.image, r.attention[-1:]) for r in results]
 
 
 def gate_weights(attention: torch.Tensor, sigma: float = GATE_SIGMA, level: float = GATE_LEVEL) -> torch.Tensor:

@@ -65,17 +65,18 @@ class Prefetch:
 def restore_frames(
     derainer: Derainer, frames: Iterable[np.ndarray], batch: int | None = None
 ) -> Iterator[tuple[np.ndarray, Restoration]]:
-    """Each frame with its restoration (image, attention maps), in order; ``batch`` None: sized from the first frame."""
+    """Each frame with its restoration (image, final attention map), in order; ``batch`` None: sized
+    from the first frame."""
     group: list[np.ndarray] = []
     for frame in frames:
         if batch is None:
             batch = derainer.batch_size(*frame.shape[:2])
         group.append(frame)
         if len(group) >= batch:
-            yield from zip(group, derainer.run_batch(group))
+            yield from zip(group, derainer.run_batch(group, all_maps=False))
             group = []
     if group:
-        yield from zip(group, derainer.run_batch(group))
+        yield from zip(group, derainer.run_batch(group, all_maps=False))
 
 
 def derain_frames(

@@ -151,6 +151,16 @@ def test_frames_in_a_batch_are_scaled_like_single_photos(tiny_weights, rng):
         assert batched.attention[-1].shape == (60, 80)
 
 
+@pytest.mark.parametrize("tile", ["auto", 64])  # one forward pass, or frame by frame in tiles
+def test_a_batch_can_bring_back_the_final_map_alone(tiny_weights, rng, tile):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32", tile=tile, tile_overlap=16)
+    frames = [random_image(rng, 70, 96) for _ in range(2)]
+    for final, every in zip(derainer.run_batch(frames, all_maps=False), derainer.run_batch(frames)):
+        assert len(every.attention) == derainer.steps and len(final.attention) == 1
+        assert np.array_equal(final.attention[0], every.attention[-1])
+        assert np.array_equal(final.image, every.image)
+
+
 def test_frames_too_large_for_one_pass_are_tiled_one_by_one(tiny_weights, rng):
     derainer = Derainer(tiny_weights, device="cpu", precision="fp32", tile=64, tile_overlap=16)
     frames = [random_image(rng, 70, 96) for _ in range(2)]

@@ -95,26 +95,35 @@ def _best_time(run: Callable[[], T], repeat: int, device: torch.device) -> tuple
     return best, result
 
 
-def _row(name: str, settings: tuple[str, str, str], seconds: float, image: np.ndarray, flops_per_mp: float) -> BenchRow:
-    """A result row; ``settings`` is (device, precision, tile). Peak memory is read now."""
-    mp = image.shape[0] * image.shape[1] / 1e6
+def _row(
+    name: str, settings: tuple[str, str, str], seconds: float, image: np.ndarray, flops_per_mp: float, copies: int = 1
+) -> BenchRow:
+    """A result row for ``copies`` of ``image`` done in ``seconds``; ``settings`` is (device,
+    precision, tile). Peak memory is read now."""
+    mp = copies * image.shape[0] * image.shape[1] / 1e6
     device = torch.device(settings[0])
     gflops = flops_per_mp * mp / seconds / 1e9
     return BenchRow(name, *settings, seconds, seconds / mp, mp / seconds, _peak_mb(device), gflops)
 
 
 def time_derainer(
-    name: str, derainer: Derainer, image: np.ndarray, repeat: int, flops_per_mp: float
+    name: str, derainer: Derainer, image: np.ndarray, repeat: int, flops_per_mp: float, batch: int = 1
 ) -> tuple[BenchRow, np.ndarray]:
-    """Best of ``repeat`` timed runs after one warm-up; returns the row and the output."""
+    """Best of ``repeat`` timed runs after one warm-up; returns the row and the output. A
+    ``batch`` over 1 times that many copies of ``image`` through :meth:`Derainer.run_batch`, as
+    video frames run (the final map only)."""
+
+    def clean(photo: np.ndarray) -> np.ndarray:
+        return derainer.run_batch([photo] * batch, all_maps=False)[0].image if batch > 1 else derainer.clean(photo)
+
     # Warm-up: oneDNN builds its kernels per input shape, so warm up on the shapes timed below.
     warm = image if image.shape[0] * image.shape[1] <= UNTILED_REFERENCE_LIMIT else image[:1024, :1024]
-    derainer.clean(warm)
+    clean(warm)
     _reset_peak(derainer.device)
-    seconds, out = _best_time(lambda: derainer.clean(image), repeat, derainer.device)
+    seconds, out = _best_time(lambda: clean(image), repeat, derainer.device)
     tile = "auto" if derainer.tile is None else str(derainer.tile or "none")
     settings = (str(derainer.device), derainer.precision.value, tile)
-    return _row(name, settings, seconds, image, flops_per_mp), out
+    return _row(name, settings, seconds, image, flops_per_mp, batch), out
 
 
 def flops_per_megapixel(config: GeneratorConfig) -> float:
@@ -200,7 +209,7 @@ class BenchReport:
     steps: int
     rows: list[BenchRow]
     speedup: float | None
-    """Plain fp32 time / default time (None without the reference run)."""
+    """Plain fp32 time per megapixel (one photo at a time) / the default's (None without the reference run)."""
     psnr_default_vs_fp32: float | None
     flops_per_mp: float
     conv_peaks_gflops: dict[str, float]
@@ -210,6 +219,8 @@ class BenchReport:
     peak_fraction: float
     """Default row's GFLOP/s / conv peak."""
     threads: int
+    batch: int = 1
+    """Copies of the photo per timed call (one forward pass where they fit)."""
     onnx_speedup: float | None = None
     """onnxruntime's time / default time (None unless asked)."""
     psnr_onnx_vs_default: float | None = None
@@ -231,10 +242,16 @@ def benchmark(
     reference: bool = True,
     onnx: bool = False,
     compile: bool = False,
+    batch: int = 1,
 ) -> BenchReport:
-    """Time the chosen settings, a conv peak, plain fp32 (untiled up to 4 MP, never compiled) and
-    optionally onnxruntime, on a ``size`` (W, H) photo. A compiled model compiles in the warm-up."""
+    """Time the chosen settings on a ``size`` (W, H) photo, or on ``batch`` copies of it at once, a
+    conv peak, plain fp32 (one photo, untiled up to 4 MP, never compiled) and optionally onnxruntime
+    (one photo). A compiled model compiles in the warm-up."""
     width, height = size
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    if onnx and batch > 1:
+        raise ValueError("onnxruntime is timed on one photo: leave out the batch or --onnx")
     if onnx and width * height > UNTILED_REFERENCE_LIMIT:
         raise ValueError(f"onnxruntime runs untiled: compare at most {UNTILED_REFERENCE_LIMIT // 1_000_000} MP")
     image = synthetic_photo(width, height)
@@ -248,7 +265,8 @@ def benchmark(
     )
     flops = flops_per_megapixel(chosen.model.config)
     peaks = conv_peaks(chosen, width, height)
-    row, out = time_derainer("compiled" if compile else "default", chosen, image, repeat, flops)
+    name = ("compiled" if compile else "default") + (f" ×{batch}" if batch > 1 else "")
+    row, out = time_derainer(name, chosen, image, repeat, flops, batch)
     report = BenchReport(
         width,
         height,
@@ -261,6 +279,7 @@ def benchmark(
         max(peaks.values()),
         row.gflops / max(peaks.values()),
         torch.get_num_threads(),
+        batch,
     )
     if reference:
         untiled = width * height <= UNTILED_REFERENCE_LIMIT
@@ -269,7 +288,7 @@ def benchmark(
         )
         base_row, base_out = time_derainer("plain fp32" if untiled else "fp32 (tiled)", plain, image, repeat, flops)
         report.rows.append(base_row)
-        report.speedup = base_row.seconds / row.seconds
+        report.speedup = base_row.seconds_per_mp / row.seconds_per_mp  # a batch against one photo at a time
         report.psnr_default_vs_fp32 = psnr(out, base_out)
     if onnx:
         onnx_row, onnx_out = time_onnx(weights, chosen.steps, image, repeat, flops, chosen.gate)

@@ -199,3 +199,19 @@ def test_bench_json_reports_the_conv_peak_and_onnxruntime(tiny_weights: Path) ->
 def test_bench_onnx_refuses_huge_sizes(tiny_weights: Path) -> None:
     result = run("bench", "--size", "4000x3000", "--onnx", "--weights", tiny_weights, "--device", "cpu")
     assert result.exit_code == 1 and "onnxruntime runs untiled" in result.output
+
+
+def test_bench_times_a_batch_of_copies_per_megapixel(tiny_weights: Path) -> None:
+    result = run(
+        "bench", "--size", "64x48", "--repeat", "1", "--json", "--batch", "3",
+        "--weights", tiny_weights, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    batched, single = report["rows"]
+    assert report["batch"] == 3 and batched["name"] == "default ×3" and single["name"] == "plain fp32"
+    assert batched["seconds_per_mp"] == pytest.approx(batched["seconds"] / (3 * 64 * 48 / 1e6))
+    assert single["seconds_per_mp"] == pytest.approx(single["seconds"] / (64 * 48 / 1e6))
+    assert report["speedup"] == pytest.approx(single["seconds_per_mp"] / batched["seconds_per_mp"])
+    refused = run("bench", "--size", "64x48", "--batch", "2", "--onnx", "--weights", tiny_weights, "--device", "cpu")
+    assert refused.exit_code == 2 and "leave out --batch or --onnx" in refused.output

@@ -26,9 +26,19 @@ from .synth_cmd import parse_size
     help="Also time plain fp32 (tiled above 4 MP) for the speed-up and accuracy figures.",
 )
 @click.option("--onnx", is_flag=True, help="Also time onnxruntime (CPU, fp32) on an export of the same weights.")
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Time N copies of the photo at once, in one forward pass where they fit, as video frames run "
+    "on a GPU (the references still time one photo).",
+)
 @network_options
 @friendly
-def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool, onnx: bool, **model) -> None:
+def bench_cmd(
+    size: tuple[int, int], repeat: int, as_json: bool, reference: bool, onnx: bool, batch: int, **model
+) -> None:
     """Time the chosen settings against plain fp32 (no tiling) on a synthetic photo.
 
     Reports seconds, seconds per megapixel, megapixels per second, achieved GFLOP/s and
@@ -41,15 +51,18 @@ def bench_cmd(size: tuple[int, int], repeat: int, as_json: bool, reference: bool
     Examples:
       derain bench                            # 720×480, auto device and precision
       derain bench --onnx --steps 4           # onnxruntime too, 4 attention steps
+      derain bench --device cuda --compile --batch 8   # frames per second of video on a GPU
       derain bench --size 6000x4000 --repeat 1 --no-reference --json
     """
     load_derainer(**model)  # fail early, with a one-line error, on unusable settings
     if onnx:
+        if batch > 1:
+            raise BadSetup("onnxruntime is timed on one photo: leave out --batch or --onnx")
         try:
             require("onnxruntime")
         except ImportError as exc:
             raise BadSetup(str(exc)) from None
-    report = benchmark(**model, size=size, repeat=repeat, reference=reference, onnx=onnx)
+    report = benchmark(**model, size=size, repeat=repeat, reference=reference, onnx=onnx, batch=batch)
     if as_json:
         click.echo(report_json(report.to_dict()))
         return

@@ -161,7 +161,10 @@ class Derainer:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         if compile and self.device.type != "cuda":
-            raise ValueError(f"compiling the model is for CUDA GPUs, not {self.device.type} (leave out --compile)")
+            raise ValueError(
+                f"compiling the model pays on CUDA GPUs only, not on {self.device.type} (on the CPU it runs no "
+                "faster): leave out --compile"
+            )
         if compile and importlib.util.find_spec("triton") is None:
             raise ValueError("compiling the model on CUDA needs Triton: pip install triton, or leave out --compile")
         if steps is not None and not 1 <= steps <= MAX_STEPS:

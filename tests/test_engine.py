@@ -229,7 +229,7 @@ def test_bf16_output_is_close_to_fp32(tiny_weights, rng):
 
 
 def test_compiling_is_refused_off_cuda_and_without_triton(tiny_weights, monkeypatch):
-    with pytest.raises(ValueError, match="for CUDA GPUs, not cpu"):
+    with pytest.raises(ValueError, match="on CUDA GPUs only, not on cpu"):
         Derainer(tiny_weights, device="cpu", compile=True)
     monkeypatch.setattr(derain.engine, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(derain.engine.importlib.util, "find_spec", lambda name: None)

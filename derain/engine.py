@@ -193,6 +193,7 @@ class Derainer:
         # scripts/gpu_compile.py). Eager CUDA stays NCHW: one 720×480 photo took 0.063 s NHWC,
         # 0.023 s NCHW (README, Performance)
         self.channels_last = self.device.type == "cpu" or compile
+        self.compiled = compile
         self.model = self._prepare(model)
         self._network = self.model
         if compile:

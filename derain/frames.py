@@ -66,7 +66,8 @@ def restore_frames(
     derainer: Derainer, frames: Iterable[np.ndarray], batch: int | None = None
 ) -> Iterator[tuple[np.ndarray, Restoration]]:
     """Each frame with its restoration (image, final attention map), in order; ``batch`` None: sized
-    from the first frame."""
+    from the first frame. A compiled model gets the last batch filled up with copies of its last
+    frame, so that a clip's end costs no second compilation for a smaller batch."""
     group: list[np.ndarray] = []
     for frame in frames:
         if batch is None:
@@ -76,7 +77,8 @@ def restore_frames(
             yield from zip(group, derainer.run_batch(group, all_maps=False))
             group = []
     if group:
-        yield from zip(group, derainer.run_batch(group, all_maps=False))
+        filler = [group[-1]] * (batch - len(group)) if derainer.compiled else []
+        yield from zip(group, derainer.run_batch(group + filler, all_maps=False))  # zip drops the filler's
 
 
 def derain_frames(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from derain.engine import Derainer
-from derain.frames import derain_frames
+from derain.frames import derain_frames, restore_frames
 from derain.fusion import (
     FRAMES_IN_FLIGHT,
     ZOOMS,
@@ -432,6 +432,21 @@ def test_batched_frames_match_one_at_a_time(tiny_weights) -> None:
         alone = derainer.run(frame, with_attention=True)
         assert np.abs(result.image.astype(int) - alone.image).max() <= 1
         assert np.allclose(result.attention[-1], alone.attention[-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_compiled_model_gets_a_full_last_batch_and_the_same_frames(tiny_weights, monkeypatch, compiled) -> None:
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32")
+    derainer.compiled = compiled  # what restore_frames reads; compiling itself needs CUDA
+    sizes, run_batch = [], derainer.run_batch
+    monkeypatch.setattr(derainer, "run_batch", lambda group, **kw: sizes.append(len(group)) or run_batch(group, **kw))
+    frames = panning(5, 64, 48)
+    restored = list(restore_frames(derainer, frames, batch=2))
+    assert sizes == ([2, 2, 2] if compiled else [2, 2, 1])
+    assert [f is g for (f, _), g in zip(restored, frames)] == [True] * 5
+    for frame, result in restored:
+        assert np.abs(result.image.astype(int) - derainer.run(frame).image).max() <= 1  # as in the test above
+        assert len(result.attention) == 1
 
 
 @pytest.mark.parametrize("working_size", [None, 32])  # 32: frames derained at 42×32, fused at full size

@@ -26,7 +26,8 @@ network() {  # derain bench: the model alone, photos of 0.35, 2 and 24 MP
 
 video() {  # issue 15: derain video on 720p and 1080p clips, and the engine on batches of frames
   # A 5 s, 30 fps clip panning over the shipped example at 720p and 1080p, through `derain video`
-  # fused and per-frame (the network sees 853x480 frames at the default working size). Frames/s
+  # fused, per-frame and per-frame with --compile (the network sees 853x480 frames at the default
+  # working size; the compiled runs compile in both, so "after start-up" leaves it out). Frames/s
   # from the wall time, decode and encode included, once with the start-up (a whole run) and once
   # without (the whole run less a run of its first 0.2 s: 6 frames); and the engine alone on
   # batches of full-size frames (MP/s, as `derain video --working-size full` batches them)
@@ -55,9 +56,10 @@ for name, (w, h) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
     print(f"engine {name}: batch {n}, {120 / s:.1f} frames/s, {120 * w * h / s / 1e6:.1f} MP/s", flush=True)
 PY
   for name in 720p 1080p; do
-    for mode in fused per-frame; do
+    for mode in fused per-frame per-frame-compiled; do
       local flags=(--device cuda) t=()
       [ $mode = fused ] || flags+=(--per-frame)
+      [ $mode != per-frame-compiled ] || flags+=(--compile)
       for end in 0.2 5; do
         local start=$(date +%s.%N)
         derain video "$out/clip_$name.mp4" -o "$out/out_${name}_$mode.mp4" --end "$end" "${flags[@]}" > /dev/null

@@ -32,7 +32,7 @@
 # On 2026-11-28, evening (an H200; weights/README.md, "A third GPU run"): BENCH=compiled VAL=dropfree
 # VAL_EVERY=100 LR=5e-5 UNPAIRED=0 SCORE_SECONDS=100 RUNS="mw3:0.3:19::4 mw4:0.4:19::4 mw5:0.5:19::4"
 # took 579 s: the compiled bench cut at its 230 s before its max-autotune row, 896 renders beside
-# it, three fits of 230 s (400-450 steps each, three at once), scored. None passes the rule.
+# it, three fits of 230 s (450 steps each, three at once), scored. None passes the rule.
 # Next: `scripts/gpu_bench.sh OUT profile engine` alone (about 4 minutes; PYTHONPATH=$PWD, carry
 # nothing): where one 720x480 photo's time goes, eager and compiled (issue 17), and `--compile`
 # again, on an H100 if that is what is lent; then, on the same warm machine if the time allows,

@@ -47,6 +47,8 @@ class BenchRow:
     """Peak process RSS on CPU, peak allocated memory on CUDA, while this row ran."""
     gflops: float = 0.0
     """Achieved model arithmetic, GFLOP/s."""
+    first_call_seconds: float = 0.0
+    """The untimed warm-up call: kernel set-up, and with ``compile`` the compilation."""
 
 
 def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -118,12 +120,14 @@ def time_derainer(
 
     # Warm-up: oneDNN builds its kernels per input shape, so warm up on the shapes timed below.
     warm = image if image.shape[0] * image.shape[1] <= UNTILED_REFERENCE_LIMIT else image[:1024, :1024]
-    clean(warm)
+    first = _best_time(lambda: clean(warm), 1, derainer.device)[0]
     _reset_peak(derainer.device)
     seconds, out = _best_time(lambda: clean(image), repeat, derainer.device)
     tile = "auto" if derainer.tile is None else str(derainer.tile or "none")
     settings = (str(derainer.device), derainer.precision.value, tile)
-    return _row(name, settings, seconds, image, flops_per_mp, batch), out
+    row = _row(name, settings, seconds, image, flops_per_mp, batch)
+    row.first_call_seconds = first
+    return row, out
 
 
 def flops_per_megapixel(config: GeneratorConfig) -> float:
@@ -221,6 +225,8 @@ class BenchReport:
     threads: int
     batch: int = 1
     """Copies of the photo per timed call (one forward pass where they fit)."""
+    compiled: bool = False
+    """The default row ran the model through ``torch.compile`` (its first call compiled it)."""
     onnx_speedup: float | None = None
     """onnxruntime's time / default time (None unless asked)."""
     psnr_onnx_vs_default: float | None = None
@@ -280,6 +286,7 @@ def benchmark(
         row.gflops / max(peaks.values()),
         torch.get_num_threads(),
         batch,
+        compile,
     )
     if reference:
         untiled = width * height <= UNTILED_REFERENCE_LIMIT

@@ -210,6 +210,7 @@ def test_bench_times_a_batch_of_copies_per_megapixel(tiny_weights: Path) -> None
     report = json.loads(result.stdout)
     batched, single = report["rows"]
     assert report["batch"] == 3 and batched["name"] == "default ×3" and single["name"] == "plain fp32"
+    assert not report["compiled"] and batched["first_call_seconds"] > 0
     assert batched["seconds_per_mp"] == pytest.approx(batched["seconds"] / (3 * 64 * 48 / 1e6))
     assert single["seconds_per_mp"] == pytest.approx(single["seconds"] / (64 * 48 / 1e6))
     assert report["speedup"] == pytest.approx(single["seconds_per_mp"] / batched["seconds_per_mp"])

@@ -84,6 +84,8 @@ def bench_cmd(
         )
     out = Console()
     out.print(table)
+    if report.compiled:
+        out.print(f"the first call, compiling, took {report.rows[0].first_call_seconds:.1f} s")
     if report.speedup is not None:
         out.print(f"speed-up {report.speedup:.2f}× over fp32, outputs {report.psnr_default_vs_fp32:.1f} dB apart")
     if report.onnx_speedup is not None:

@@ -150,13 +150,15 @@ fit() {  # DATA OUT SECONDS STEPS: train on $WORK's renders; NAME names the run 
   if [ "${UNPAIRED:-1}" = 0 ]; then unpaired=(); fi
   local freeze=()  # FREEZE=freeze: the autoencoder alone, under derain-v14's attention maps
   if [ "${FREEZE:-}" = freeze ]; then freeze=(--freeze-attention); fi
+  local unroll=()  # ATTENTION_STEPS=N: the ConvLSTM unrolled for N steps (weights/README.md, "More attention steps")
+  if [ -n "${ATTENTION_STEPS:-}" ]; then unroll=(--attention-steps "$ATTENTION_STEPS"); fi
   # MAP_WEIGHT weighs the map loss of the drop-free crops (--identity-map-weight); VAL=dropfree
   # validates on the ship rule's drop-free photos (rule_sets), all 23 whole, so the log shows their
   # worst as it goes (a run cut by its time limit then brings back its most restrained validation)
   local val=(--val "$WORK/val")
   if [ "${VAL:-}" = dropfree ]; then val=(--val "$WORK/dropfree" --val-images 23 --val-crop 720); fi
   timeout "$seconds" "${DERAIN[@]}" train "$WORK/train" "${val[@]}" -o "$WORK/$name" \
-    --init derain-v14 "${unpaired[@]}" "${freeze[@]}" --device "$device" --batch 16 --patch 256 \
+    --init derain-v14 "${unpaired[@]}" "${freeze[@]}" "${unroll[@]}" --device "$device" --batch 16 --patch 256 \
     --identity "${IDENTITY:-0.5}" --identity-map-weight "${MAP_WEIGHT:-1}" --lr "${LR:-1e-4}" --steps "$steps" \
     --seed "${SEED:-0}" --val-every "${VAL_EVERY:-200}" 2>&1 |
     tee "$out/$name.log" || true

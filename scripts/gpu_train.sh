@@ -191,16 +191,17 @@ from pathlib import Path
 
 from derain.engine import Derainer
 from derain.evaluate import evaluate
-from derain.weights import average_weights
+from derain.weights import WeightsError, average_weights
 
 out, name, device, *folders = sys.argv[1:]
 out, run = Path(out), Path(out) / f"{name}.safetensors"
-candidates = {
-    name: run,
-    f"{name}.1to1": average_weights([run, "derain-v14"], out / f"{name}.1to1.safetensors"),
-    f"{name}.1to2": average_weights([run, "derain-v14", "derain-v14"], out / f"{name}.1to2.safetensors"),
-    "derain-v14": "derain-v14",
-}
+candidates = {name: run}
+try:  # a run unrolled to other attention steps (ATTENTION_STEPS) has no mean with derain-v14
+    candidates[f"{name}.1to1"] = average_weights([run, "derain-v14"], out / f"{name}.1to1.safetensors")
+    candidates[f"{name}.1to2"] = average_weights([run, "derain-v14", "derain-v14"], out / f"{name}.1to2.safetensors")
+except WeightsError as error:
+    print(f"no means with derain-v14: {error}")
+candidates["derain-v14"] = "derain-v14"
 print(f"{'weights':<20} {'real pairs':>10} {'drop-free mean / worst':>22} {'v2 val':>7}")
 for tag, weights in candidates.items():
     derainer = Derainer(weights, device=device)

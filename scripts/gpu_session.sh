@@ -38,8 +38,8 @@
 # again, on an H100 if that is what is lent; then, on the same warm machine if the time allows,
 # `scripts/gpu_bench.sh OUT video` (carry .whl; now with a per-frame --compile row, about 6 minutes).
 # For issue 14, ATTENTION_STEPS=16 (passed on to gpu_train.sh fit) trains the map unrolled to 16
-# steps, which reaches the large blobs at inference but spreads over drop-free knobs
-# (weights/README.md, "More attention steps at inference reach the large blobs").
+# steps, which reaches the large blobs at inference but spreads over drop-free knobs; a CPU run
+# with drop-free crops at 0.5 shut it (weights/README.md, "More attention steps at inference").
 # On 2026-11-28 (an H200; weights/README.md, "Soft round blobs at GPU scale") `BENCH="" CORES=14
 # RENDERS=1280 SMALL_CORES=4 SOFT_CORES=5 FIT_STEPS=400 LR=5e-5 UNPAIRED=0` with three RUNS took
 # 331 s (1,190 renders in 103 s, three 400-step fits at once, scored), and STAGE=fit with two

@@ -387,8 +387,12 @@ class Derainer:
         height, width = like.shape[:2]
         scale = float(np.iinfo(like.dtype).max)
         pixels = image[..., :height, :width].permute(0, 2, 3, 1).mul(scale).round_().clamp_(0.0, scale)
-        pixels = self._model_order(pixels.to(torch.uint8 if scale == 255 else torch.int32).cpu().numpy())
-        pixels = pixels.astype(like.dtype)  # a contiguous copy, in RGB
+        if self.weights_info.channel_order == "BGR":
+            pixels = pixels.flip(-1)
+        # Laid out as N×H×W×3 where they were computed (a GPU transposes 8 1080p frames in far
+        # less time than the host would), so only the copy back remains
+        pixels = pixels.to(torch.uint8 if scale == 255 else torch.int32).contiguous().cpu().numpy()
+        pixels = pixels.astype(like.dtype, copy=False)
         kept = [m[:, :height, :width].clamp(0.0, 1.0).cpu().numpy() for m in maps] if with_attention else None
         return [Restoration(pixels[k], None if kept is None else [m[k] for m in kept]) for k in range(len(pixels))]
 

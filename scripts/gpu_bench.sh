@@ -4,7 +4,7 @@
 # Usage: scripts/gpu_bench.sh [OUTDIR [PART...]]   PARTs: network, video (default: both, in that order),
 #        compiled (issue 17: NHWC and torch.compile against the eager NCHW path; allow about 10
 #        minutes: compiling and max-autotune's search dominate), engine (`--compile` in the engine,
-#        about 3 minutes), profile (where one photo's time goes, about a minute)
+#        about 3.5 minutes), profile (where one photo's time goes, about a minute)
 # Needs `derain` on PATH and PyAV (the [video] extra). The lent GPU machine has neither and
 # cannot download: carry PyAV as an xz tarball of its wheel's contents (25 MB; the wheel is 36),
 # unpack it onto PYTHONPATH, and put a `derain` script that runs `python3 -m derain "$@"` on PATH.
@@ -48,10 +48,10 @@ for name, (w, h) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
             f.mux(s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")))
         f.mux(s.encode())
     n = derainer.batch_size(h, w)
-    derainer.run_batch(frames[:n])
+    derainer.run_batch(frames[:n], all_maps=False)
     t = time.perf_counter()
     for i in range(0, 120, n):
-        derainer.run_batch(frames[i : i + n])
+        derainer.run_batch(frames[i : i + n], all_maps=False)  # the final map alone, as video takes it
     s = time.perf_counter() - t
     print(f"engine {name}: batch {n}, {120 / s:.1f} frames/s, {120 * w * h / s / 1e6:.1f} MP/s", flush=True)
 PY
@@ -113,13 +113,15 @@ for w, h in ((720, 480), (1920, 1080)):
         start = time.perf_counter()
         derainer.run_batch(frames[:n])
         first = time.perf_counter() - start
-        start = time.perf_counter()
-        outputs[compiled] = [r.image for i in range(0, 64 - 64 % n, n) for r in derainer.run_batch(frames[i : i + n])]
-        seconds = time.perf_counter() - start
-        count = len(outputs[compiled])
-        diff = int(max(np.abs(a.astype(int) - b).max() for a, b in zip(outputs[True], outputs[False]))) if compiled else 0
-        keep(f"frames {w}x{h} compile={compiled}", batch=n, frames_per_second=count / seconds,
-             mp_per_second=count * w * h / seconds / 1e6, first_batch_seconds=first, max_diff_vs_eager=diff)
+        for all_maps in (True, False):  # all 8 maps back to the host, or the final one (video's way)
+            start = time.perf_counter()
+            batches = [derainer.run_batch(frames[i : i + n], all_maps) for i in range(0, 64 - 64 % n, n)]
+            seconds = time.perf_counter() - start
+            outputs[compiled] = [r.image for b in batches for r in b]
+            count = len(outputs[compiled])
+            diff = int(max(np.abs(a.astype(int) - b).max() for a, b in zip(outputs[True], outputs[False]))) if compiled else 0
+            keep(f"frames {w}x{h} compile={compiled} all_maps={all_maps}", batch=n, frames_per_second=count / seconds,
+                 mp_per_second=count * w * h / seconds / 1e6, first_batch_seconds=first, max_diff_vs_eager=diff)
 for compiled in (False, True):
     derainer = Derainer(device="cuda", compile=compiled)
     times = []

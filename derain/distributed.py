@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,10 @@ AUTH_HINT = (
     "the cluster asks for its token: set RAY_AUTH_MODE=token, and off the head node also "
     "RAY_AUTH_TOKEN to what `ray get-auth-token` prints there"
 )
+CONNECT_SECONDS = 10.0
+"""How long a cluster's address has to answer before Ray is asked to join it: where nothing
+listens, Ray retries for minutes and will not stop for Ctrl-C."""
+START_HINT = "start one with `ray start --head`, or give its address with --ray-address"
 MAX_BLOCKS = 10_000
 """Jobs are spread over at most this many Ray Data blocks: one file per block for any usual
 folder (the finest retry and progress granularity), bounded for archives of millions of files."""
@@ -175,6 +180,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     # Ray Data's actors always log an object-store caveat that does not apply here (their
     # constructor arguments live as long as the job); only Ray's own failures are worth a line.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    where = address or os.environ.get("RAY_ADDRESS")
+    if where:
+        _check_answers(where)
     with _held_stderr() as held:  # Ray's core announces that level, and retries to connect, on stderr
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -182,12 +190,26 @@ def _connect(ray: Any, address: str | None) -> bool:
             from .cli.common import one_line
 
             held.seek(0)
-            where = address or os.environ.get("RAY_ADDRESS")
             reason = f"cannot join the Ray cluster at {where}: {one_line(exc)}" if where else one_line(exc)
+            if where == "auto" and "running Ray instance" in str(exc):  # Ray's text names its own flag, not ours
+                reason = f"no Ray cluster runs on this machine: {START_HINT}"
             if b"InvalidAuthToken" in held.read():
                 reason += f" ({AUTH_HINT})"
             raise SetupFailed(reason) from None
     return True
+
+
+def _check_answers(address: str) -> None:
+    """Raise :class:`SetupFailed` unless something listens at ``address`` (``host:port`` or
+    ``ray://host:port``; ``auto`` and ``local`` are Ray's to find)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or "no answer"
+        raise SetupFailed(f"cannot join the Ray cluster at {address}: {reason} there; {START_HINT}") from None
 
 
 def _pool(ray: Any, device: str, workers: int | None, jobs: int) -> tuple[int, dict[str, float]]:

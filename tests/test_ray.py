@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,23 @@ def test_without_ray_a_one_line_hint(tmp_path: Path, model: list[str], monkeypat
     photo(tmp_path / "in" / "1.png", np.random.default_rng(0))
     assert_fails(run("batch", tmp_path / "in", "--engine", "ray", *model), 2, 'pip install "derain[ray]"')
     assert not (tmp_path / "in_derained").exists()
+
+
+def test_an_address_where_nothing_listens_is_one_line(
+    tmp_path: Path, model: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray itself would retry such an address for minutes, deaf to Ctrl-C."""
+    ray = pytest.importorskip("ray", reason='Ray is not installed here (pip install "derain[ray]")')
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `derain batch`
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("Ray was asked to join"))
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    photo(tmp_path / "in" / "1.png", np.random.default_rng(0))
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        result = run("batch", tmp_path / "in", "--engine", "ray", "--ray-address", address, *model)
+        assert_fails(result, 2, f"cannot join the Ray cluster at {address}", "ray start --head")
+    assert files_under(tmp_path / "in_derained") == set()
 
 
 class _Cluster:

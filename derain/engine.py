@@ -311,7 +311,9 @@ class Derainer:
         region = dense_region(weights)
         if region is None:
             return Restoration(result.image, maps)
-        image = np.ascontiguousarray(image)  # a caller's view, such as BGR flipped to RGB, has negative strides
+        # A copy where torch cannot share the caller's array: a view with negative strides (BGR
+        # flipped to RGB) or a read-only one (Pillow's pixels through np.asarray)
+        image = np.require(image, requirements=("C", "W"))
         # Lamps as the whole frame tells them (a crop of a night shot may look like day)
         weights *= 1.0 - light_sources(torch.from_numpy(image).permute(2, 0, 1).float().div_(scale)).numpy()
         crop = image[region].astype(np.float32)

@@ -1,3 +1,5 @@
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -124,6 +126,17 @@ def test_a_flipped_view_of_a_photo_gets_the_dense_pass_of_its_copy(tiny_weights,
     bgr = random_image(rng, 40, 56)
     view = bgr[..., ::-1]  # BGR to RGB as a view: negative strides
     assert np.array_equal(dense.clean(view), dense.clean(view.copy()))
+
+
+def test_a_read_only_photo_gets_the_dense_pass_without_a_warning(tiny_weights, rng, monkeypatch):
+    monkeypatch.setattr(derain.engine, "density_weights", lambda a: np.ones(a.shape, np.float32))
+    _, dense = _derainers(tiny_weights)
+    image = random_image(rng, 40, 56)
+    frozen = image.copy()
+    frozen.flags.writeable = False  # as np.asarray(PIL.Image.open(...)) gives it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(dense.clean(frozen), dense.clean(image))
 
 
 def test_a_photo_seen_above_the_working_size_gets_no_second_pass(tiny_weights, rng, monkeypatch):

@@ -95,6 +95,14 @@ def test_cli_bad_weights_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output and not (tmp_path / "m.onnx").exists()
 
 
+def test_cli_writes_only_onnx_files(tiny_weights: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "rainy.jpg"
+    photo.write_bytes(b"a photo")
+    result = run("export", photo, "--weights", tiny_weights)
+    assert result.exit_code == 2 and "must end in .onnx" in result.output, result.output
+    assert photo.read_bytes() == b"a photo"
+
+
 def test_cli_without_the_extra_gives_the_hint(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     result = run("export", tmp_path / "m.onnx", "--weights", tiny_weights)

@@ -44,6 +44,8 @@ def export_cmd(output: Path, weights: str | None, steps: int | None) -> None:
       derain export derain.onnx
       derain export official.onnx --weights gen.pkl --steps 4
     """
+    if output.suffix.lower() != ".onnx":  # a slip such as `derain export photo.jpg` would replace the photo
+        raise BadSetup(f"{output}: the file to write must end in .onnx (e.g. derain.onnx)")
     try:
         require("onnx")
     except ImportError as exc:

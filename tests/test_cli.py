@@ -913,6 +913,20 @@ def test_train_unpaired_adapts_weights_to_real_photos(
     assert not (tmp_path / "r2").exists()
 
 
+def test_train_interrupted_says_how_to_resume(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("derain.cli.train_cmd"), "train", interrupted)
+    _pairs(tmp_path / "set", rng, count=1)
+    result = run("train", tmp_path / "set", "-o", tmp_path / "run")
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "the same command resumes from the last checkpoint (saved every 100 steps)" in result.output
+    assert_fails(run("train", tmp_path / "set", "-o", tmp_path / "run", "--lr", "0"), 2, "--lr", one_line=False)
+
+
 def test_train_frozen_attention_needs_trained_weights(
     tmp_path: Path, rng: np.random.Generator, tiny_weights: Path
 ) -> None:

@@ -169,7 +169,8 @@ def test_resuming_with_other_attention_steps_is_refused(tmp_path):
     cfg = TrainConfig(steps=1, batch=1, patch=16, generator=TINY.to_dict(), attention_steps=TINY.steps + 1)
     train(cfg, tmp_path / "train", tmp_path / "run")
     cfg.attention_steps, cfg.steps = None, 2
-    with pytest.raises(ValueError, match=rf"different generator \(steps {TINY.steps + 1}, now {TINY.steps}\)"):
+    changed = rf"different generator \(attention steps {TINY.steps + 1}, now {TINY.steps}\)"
+    with pytest.raises(ValueError, match=changed):
         train(cfg, tmp_path / "train", tmp_path / "run")
 
 

@@ -45,10 +45,30 @@ def _print_log(log: Log) -> None:
     "IoU, through the attention gate for weights that use it. A folder of drop-free pairs here shows "
     "how far training moves photos without drops.",
 )
-@click.option("--steps", default=TrainConfig.steps, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch", default=TrainConfig.batch, show_default=True, type=click.IntRange(min=1))
-@click.option("--patch", default=TrainConfig.patch, show_default=True, type=click.IntRange(min=16))
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float, help="Peak learning rate.")
+@click.option(
+    "--steps",
+    default=TrainConfig.steps,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Training steps (optimiser updates) in all, counting those of the run being resumed.",
+)
+@click.option(
+    "--batch", default=TrainConfig.batch, show_default=True, type=click.IntRange(min=1), help="Crops per step."
+)
+@click.option(
+    "--patch",
+    default=TrainConfig.patch,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Side of the square crops cut from the pairs (px).",
+)
+@click.option(
+    "--lr",
+    default=TrainConfig.lr,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate.",
+)
 @click.option(
     "--warmup",
     default=TrainConfig.warmup,
@@ -63,7 +83,12 @@ def _print_log(log: Log) -> None:
     type=click.FloatRange(0, 1),
     help="Where the cosine decay ends, as a fraction of --lr.",
 )
-@click.option("--seed", default=TrainConfig.seed, show_default=True)
+@click.option(
+    "--seed",
+    default=TrainConfig.seed,
+    show_default=True,
+    help="Seeds the crops, their order and fresh weights.",
+)
 @click.option(
     "--gan-weight",
     default=None,
@@ -128,7 +153,13 @@ def _print_log(log: Log) -> None:
     help="Start from these weights: a shipped name, a weights file, or a run's checkpoint.pt, which also "
     "brings its raw weights and optimiser moments (a warm restart of a finished run on a new schedule).",
 )
-@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda[:N]|mps", help="Where to train.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    metavar="auto|cpu|cuda[:N]|mps",
+    help="Where to train; a CUDA GPU is worth days of a CPU (auto takes one where there is one).",
+)
 @click.option(
     "--mixed-precision/--fp32",
     default=TrainConfig.mixed_precision,
@@ -137,7 +168,13 @@ def _print_log(log: Log) -> None:
     "weights, optimiser and losses stay fp32.",
 )
 @click.option("--resume/--restart", default=True, show_default=True, help="Continue from the run folder's checkpoint.")
-@click.option("--val-every", default=TrainConfig.val_every, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--val-every",
+    default=TrainConfig.val_every,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Steps between validations on --val (each may update best.safetensors).",
+)
 @click.option(
     "--val-images",
     default=TrainConfig.val_images,
@@ -182,4 +219,7 @@ def train_cmd(data_dir: Path, run_dir: Path, val_dir: Path | None, residual: boo
         trainer = train(cfg, data_dir, run_dir, val_dir, resume=resume, on_log=_print_log)
     except WeightsError as exc:  # unusable --init weights: exit 2, as for every command's --weights
         raise BadSetup(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print(f"the same command resumes from the last checkpoint (saved every {cfg.checkpoint_every} steps)")
+        raise
     console.print(f"[green]✓[/] trained to step {trainer.step}; weights in {escape(str(run_dir))}/final.safetensors")

@@ -270,7 +270,10 @@ class Trainer:
         state = _read_checkpoint(path)
         saved, current = GeneratorConfig.from_dict(state["config"]).to_dict(), self.model.config.to_dict()
         if saved != current:
-            changed = "; ".join(f"{k} {saved[k]}, now {current[k]}" for k in saved if saved[k] != current[k])
+            names = {"steps": "attention steps"}  # not the training steps of --steps
+            changed = "; ".join(
+                f"{names.get(k, k)} {saved[k]}, now {current[k]}" for k in saved if saved[k] != current[k]
+            )
             raise ValueError(
                 f"{path} holds a different generator ({changed}): rerun with the options the run "
                 "started with (such as --attention-steps), or with --restart"

@@ -112,8 +112,8 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image
         width, height = header.size
         if max_pixels is not None and width * height > max_pixels:
             raise ImageError(
-                f"{path}: image is {width}x{height} ({_megapixels(width * height)} megapixels), above the limit of "
-                f"{_megapixels(max_pixels)} megapixels; raise it with --max-pixels"
+                f"{path}: image is {width}x{height} ({_pixels(width * height)}), above the limit of "
+                f"{_pixels(max_pixels)}; raise it with --max-pixels"
             )
         frames = getattr(header, "n_frames", 1)
         if frames > 1 and header.format != "MPO":  # an MPO's first frame is the photo, the rest depth maps or previews
@@ -177,8 +177,9 @@ def _unreadable(path: Path) -> str:
     return f"{path}: not a readable image (corrupt or truncated?)"
 
 
-def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:g}"
+def _pixels(count: int) -> str:
+    """A pixel count as people say it: megapixels, or plain pixels where that would read 1e-05."""
+    return f"{count / 1e6:g} megapixels" if count >= 10_000 else f"{count} pixels"
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -315,11 +315,19 @@ def test_clean_unwritable_output(tmp_path: Path, rng: np.random.Generator, model
     assert files_under(tmp_path) == {"rainy.png", "afile.txt"}
 
 
-@pytest.mark.parametrize("name", ["out.gif", "out"])
-def test_clean_unsupported_output_format(tmp_path: Path, rng: np.random.Generator, model: list[str], name: str) -> None:
+@pytest.mark.parametrize("name", ["out.gif", "out", "newdir/"])
+def test_clean_unsupported_output_format_is_refused_before_the_model_loads(
+    tmp_path: Path, rng: np.random.Generator, model: list[str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = photo(tmp_path / "rainy.png", rng)
-    assert_fails(run("clean", src, "-o", tmp_path / name, *model), 1, "unsupported file type")
+    monkeypatch.setattr(importlib.import_module("derain.cli.clean"), "load_derainer", _must_not_load)
+    assert_fails(run("clean", src, "-o", f"{tmp_path}/{name}", *model), 2, "name the image file to write", ".png")
+    assert_fails(run("clean", src, "--suffix", "/sub", *model), 2, "--suffix '/sub'")
     assert files_under(tmp_path) == {"rainy.png"}
+
+
+def _must_not_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model loaded before the command line was checked")
 
 
 def test_clean_max_pixels(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
@@ -612,6 +620,7 @@ def test_attention_defaults_to_the_input_folder(tmp_path: Path, rng: np.random.G
 
 def test_attention_bad_input(tmp_path: Path, model: list[str]) -> None:
     assert_fails(run("attention", tmp_path / "nope.png", "-o", tmp_path / "maps", *model), 1, "no such file")
+    assert_fails(run("attention", tmp_path, *model), 1, "is a folder", "--attention`")
     _text(tmp_path / "notes.png")
     assert_fails(run("attention", tmp_path / "notes.png", "-o", tmp_path / "maps", *model), 1, "not a readable image")
     assert files_under(tmp_path) == {"notes.png"}
@@ -626,7 +635,7 @@ def test_attention_max_pixels(tmp_path: Path, rng: np.random.Generator, model: l
 def test_attention_output_folder_that_is_a_file(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     src = photo(tmp_path / "rainy.png", rng)
     (tmp_path / "afile.txt").write_text("a file")
-    assert_fails(run("attention", src, "-o", tmp_path / "afile.txt" / "maps", *model), 1)
+    assert_fails(run("attention", src, "-o", tmp_path / "afile.txt" / "maps", *model), 1, "cannot create this folder")
 
 
 # --- weights ------------------------------------------------------------------------------------

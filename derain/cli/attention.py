@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -34,10 +35,16 @@ def attention(input_path: Path, output_dir: Path | None, max_pixels: int | None,
     Example:
       derain attention rainy.jpg -o maps/
     """
+    if input_path.is_dir():
+        hint = f"derain batch {shlex.quote(str(input_path))} --attention"
+        raise InputFailed(f"{input_path}: is a folder; for an overlay of every image in it use `{hint}`")
     if not input_path.is_file():
         raise InputFailed(f"{input_path}: no such file")
     out_dir = output_dir or input_path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFailed(f"{out_dir}: cannot create this folder ({exc.strerror})") from None
     derainer = load_derainer(**model)
     try:
         with console.status(f"Finding raindrops in {input_path.name}…"):

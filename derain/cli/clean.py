@@ -9,8 +9,9 @@ import click
 from rich.markup import escape
 
 from ..files import clean_file, overlay_path_for
-from ..imageio import ImageError, output_path_for
+from ..imageio import IMAGE_EXTENSIONS, ImageError, is_image_path, output_path_for
 from .common import (
+    BadSetup,
     InputFailed,
     console,
     friendly,
@@ -70,7 +71,7 @@ def clean(
         raise InputFailed(f"{input_path}: is a folder; to clean every image in it use `{hint}`")
     if not input_path.is_file():
         raise InputFailed(f"{input_path}: no such file")
-    dst = with_ext(output, ext) if output else output_path_for(input_path, suffix, ext)
+    dst = _output_path(input_path, output, suffix, ext)
     overlay = overlay_path_for(dst) if with_overlay else None
     make_parent(dst)  # as `batch`, `attention` and `video` make theirs
     derainer = load_derainer(**model)
@@ -82,3 +83,16 @@ def clean(
     console.print(
         f"[green]✓[/] {escape(str(dst))}" + (f"  (overlay: {escape(str(overlay))})" if overlay else ""), soft_wrap=True
     )
+
+
+def _output_path(src: Path, output: Path | None, suffix: str, ext: str | None) -> Path:
+    """Where to write, checked before the model loads: a slip in the name should not cost a photo's run."""
+    if output is None:
+        if "/" in suffix or "\\" in suffix:
+            raise BadSetup(f"--suffix {suffix!r}: a name ending without folders (use -o to write elsewhere)")
+        return output_path_for(src, suffix, ext)
+    dst = with_ext(output, ext)
+    if not is_image_path(dst):
+        supported = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise BadSetup(f"-o {output}: name the image file to write, ending in one of {supported}")
+    return dst

@@ -876,6 +876,17 @@ def test_eval_missing_prediction(tmp_path: Path, rng: np.random.Generator) -> No
     assert not (tmp_path / "scores.json").exists()
 
 
+def test_eval_bad_json_path_or_weights_with_pred_fail_before_scoring(
+    tmp_path: Path, rng: np.random.Generator, model: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pairs(tmp_path / "set", rng, count=1)
+    monkeypatch.setattr(importlib.import_module("derain.cli.eval_cmd"), "load_derainer", _must_not_load)
+    (tmp_path / "afile").write_text("a file")
+    assert_fails(run("eval", tmp_path / "set", "--json", tmp_path / "afile" / "s.json", *model), 1, "cannot create")
+    result = run("eval", tmp_path / "set", "--pred", tmp_path / "set" / "pred", "-w", "derain-v14")
+    assert_fails(result, 2, "takes no --weights", one_line=False)
+
+
 def test_eval_folder_without_pairs(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     photo(tmp_path / "set" / "loose.png", rng)
     assert_fails(run("eval", tmp_path / "set", *model), 1, "no pairs found")

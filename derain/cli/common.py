@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,6 +210,16 @@ def make_parent(dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputFailed(f"{dst}: cannot create its folder {dst.parent} ({exc.strerror})") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail in one line before a long run, not after it, where the file ``path`` cannot be written."""
+    make_parent(path)
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise InputFailed(f"{path}: cannot write in {path.parent} ({exc.strerror or exc})") from None
 
 
 def with_ext(path: Path, ext: str | None) -> Path:

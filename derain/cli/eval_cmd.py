@@ -8,7 +8,8 @@ import click
 from rich.table import Table
 
 from ..evaluate import ImageScore, evaluate, report_json
-from .common import InputFailed, console, friendly, load_derainer, model_options
+from ..imageio import write_atomic
+from .common import InputFailed, check_writable, console, friendly, load_derainer, model_options
 from .video_cmd import eval_video, window_option
 
 
@@ -53,7 +54,9 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
         if folder is not None and not folder.is_dir():
             raise InputFailed(f"{folder}: no such folder")
     if json_path:  # before the long part, so a bad path fails at once
-        json_path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(json_path)
+    if pred_dir and model["weights"] is not None:
+        raise click.UsageError("--pred scores outputs already made; it takes no --weights")
     if video:
         if pred_dir:
             raise click.UsageError("--video runs the model; it does not take --pred")
@@ -88,7 +91,7 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
             f"{len(report.drop_free)} drop-free image(s): output {mean:.2f} dB from the input (worst {worst:.2f} dB)"
         )
     if json_path:
-        json_path.write_text(report_json(report.to_dict()))
+        write_atomic(json_path, report_json(report.to_dict()).encode())
 
 
 def _cells(psnr: float, ssim: float, input_psnr: float, input_ssim: float, iou: float | None) -> list[str]:

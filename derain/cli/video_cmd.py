@@ -13,6 +13,7 @@ from rich.table import Table
 from ..engine import Derainer
 from ..evaluate import report_json
 from ..fusion import DEFAULT_RADIUS
+from ..imageio import write_atomic
 from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
@@ -242,7 +243,7 @@ def eval_video(root: Path, derainer: Derainer, window: int, json_path: Path | No
         f"{mean.flicker:.2f} vs {mean.per_frame_flicker:.2f} (ground truth {mean.gt_flicker:.2f})"
     )
     if json_path:
-        json_path.write_text(report_json(report.to_dict()))
+        write_atomic(json_path, report_json(report.to_dict()).encode())
 
 
 def _row(c: ClipScore) -> list[str]:

@@ -396,7 +396,10 @@ def _add_video_stream(av: ModuleType, output, codec: str, crf: int, source, info
     try:
         stream = output.add_stream(codec, rate=source.average_rate or info.fps)
     except (av.FFmpegError, ValueError) as exc:
-        raise VideoError(f"cannot encode with '{codec}' ({_reason(exc)}); try another codec or container") from None
+        raise VideoError(
+            f"cannot encode with '{codec}' ({_reason(exc)}); write an .mkv or .mp4 file, or pass a --codec "
+            "that the container takes (such as libvpx-vp9 for .webm)"
+        ) from None
     stream.width, stream.height = info.width, info.height
     stream.time_base = source.time_base
     stream.pix_fmt = _pixel_format(stream.codec_context.codec, source.codec_context.pix_fmt, info.bit_depth)

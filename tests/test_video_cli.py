@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from derain.cli import main
@@ -52,3 +53,20 @@ def test_video_of_a_folder_says_it_is_one(tmp_path: Path, tiny_weights: Path) ->
     (tmp_path / "clips").mkdir()
     result = run("video", tmp_path / "clips", "-w", tiny_weights, "--device", "cpu")
     assert_fails(result, 1, "clips: is a folder", "derain batch")
+
+
+def test_video_of_a_photo_points_to_clean(tmp_path: Path, tiny_weights: Path, rng: np.random.Generator) -> None:
+    write_image(tmp_path / "rainy.jpg", Image(rgb=np.zeros((16, 16, 3), np.uint8), alpha=None, grayscale=False))
+    result = run("video", tmp_path / "rainy.jpg", "-w", tiny_weights, "--device", "cpu")
+    assert_fails(result, 1, "rainy.jpg: is a photo", "derain clean")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rainy.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("times", "reason"),
+    [(["--start", "1:75"], "'1:75' is not a time"), (["--start", "1", "--end", "0.5"], "0.5 s is not after --start")],
+)
+def test_video_bad_times_are_usage_errors(tmp_path: Path, tiny_weights: Path, times: list[str], reason: str) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    result = run("video", tmp_path / "clip.mp4", *times, "-w", tiny_weights, "--device", "cpu")
+    assert_fails(result, 2, reason, one_line=False)

@@ -226,6 +226,11 @@ def with_ext(path: Path, ext: str | None) -> Path:
     return path.with_suffix("." + ext.lower()) if ext else path
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def one_line(exc: BaseException) -> str:
     """A short reason for a failure, without a traceback."""
     text = str(exc).strip()

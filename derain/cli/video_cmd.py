@@ -13,12 +13,12 @@ from rich.table import Table
 from ..engine import Derainer
 from ..evaluate import report_json
 from ..fusion import DEFAULT_RADIUS
-from ..imageio import write_atomic
+from ..imageio import is_image_path, write_atomic
 from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import MOTIONS, synthesize_clips
-from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options
+from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options, plural
 from .synth_cmd import parse_size, photos_to_render, split_option
 
 
@@ -26,14 +26,18 @@ def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) ->
     """Seconds from '90', '1:30' or '0:01:30.5'."""
     if value is None:
         return None
+    bad = click.BadParameter(f"'{value}' is not a time like 90, 1:30 or 0:01:30.5")
+    parts = value.split(":")
     try:
-        seconds = 0.0
-        for part in value.split(":"):
-            seconds = seconds * 60 + float(part)
+        fields = [float(part) for part in parts]
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not a time like 90, 1:30 or 0:01:30.5") from None
-    if seconds < 0 or value.count(":") > 2:
-        raise click.BadParameter(f"'{value}' is not a time like 90, 1:30 or 0:01:30.5")
+        raise bad from None
+    # minutes and seconds after the first field stay under 60: 1:75 is a typo, not 2:15
+    if len(fields) > 3 or min(fields) < 0 or any(f >= 60 for f in fields[1:]):
+        raise bad
+    seconds = 0.0
+    for field in fields:
+        seconds = seconds * 60 + field
     return seconds
 
 
@@ -113,6 +117,10 @@ def video_cmd(
     if input_path.is_dir():  # batch cleans the videos of a folder only on Ray: one job per clip
         hint = f"derain batch {shlex.quote(str(input_path))} --engine ray"
         raise InputFailed(f"{input_path}: is a folder; give one video, or clean all of its videos with `{hint}`")
+    if is_image_path(input_path):  # FFmpeg would read it as a one-frame video
+        raise InputFailed(f"{input_path}: is a photo; clean it with `derain clean {shlex.quote(str(input_path))}`")
+    if start is not None and end is not None and end <= start:
+        raise click.BadParameter(f"{end:g} s is not after --start ({start:g} s)", param_hint="'--end'")
     dst = output or video_output_path(input_path, suffix)
     make_parent(dst)
     try:
@@ -157,7 +165,7 @@ def video_cmd(
             end=end,
             on_frame=advance,
         )
-    console.print(f"[green]✓[/] {escape(str(dst))} ({written} frames)", soft_wrap=True)
+    console.print(f"[green]✓[/] {escape(str(dst))} ({plural(written, 'frame')})", soft_wrap=True)
 
 
 @click.command("synth-video")
@@ -220,7 +228,8 @@ def synth_video_cmd(
         synthesize_clips(
             photos, output, count, size, frames, motion, seed, sliding, on_clip=lambda i: progress.advance(task)
         )
-    console.print(f"[green]✓[/] {count} clips of {frames} frames from {len(photos)} photos in {escape(str(output))}")
+    made = f"{plural(count, 'clip')} of {frames} frames from {plural(len(photos), 'photo')}"
+    console.print(f"[green]✓[/] {made} in {escape(str(output))}")
 
 
 def eval_video(root: Path, derainer: Derainer, window: int, json_path: Path | None) -> None:

@@ -406,8 +406,10 @@ def _add_video_stream(av: ModuleType, output, codec: str, crf: int, source, info
     ctx, src_ctx = stream.codec_context, source.codec_context
     for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
         setattr(ctx, tag, getattr(src_ctx, tag))
-    if codec in ("libx264", "libx265"):
+    if codec == "libx264":
         stream.options = {"crf": str(crf)}
+    elif codec == "libx265":  # x265 logs its settings to the terminal unless told not to
+        stream.options = {"crf": str(crf), "x265-params": "log-level=error"}
     if rotation:
         stream.set_display_rotation(rotation)
     return stream

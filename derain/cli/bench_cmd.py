@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..benchmark import benchmark
 from ..evaluate import report_json
 from ..export import require
-from .common import BadSetup, friendly, load_derainer, network_options
+from .common import BadSetup, friendly, load_derainer, make_console, network_options
 from .synth_cmd import parse_size
 
 
@@ -82,7 +81,7 @@ def bench_cmd(
             f"{r.gflops:.0f}",
             f"{r.peak_memory_mb:.0f}",
         )
-    out = Console()
+    out = make_console()
     out.print(table)
     if report.compiled:
         out.print(f"the first call, compiling, took {report.rows[0].first_call_seconds:.1f} s")

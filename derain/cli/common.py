@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,7 +18,19 @@ from ..weights import WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 160
+"""Columns for output to a file or a pipe, where rich would assume 80 and cut tables' cells short."""
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console, as wide as the terminal, or :data:`PIPE_WIDTH` where there is none (``COLUMNS`` rules)."""
+    made = Console(stderr=stderr, highlight=False)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made.width = PIPE_WIDTH
+    return made
+
+
+console = make_console(stderr=True)
 
 
 class InputFailed(click.ClickException):
@@ -95,7 +108,7 @@ def network_options(command: Callable) -> Callable:
             default=DEFAULT_OVERLAP,
             show_default=True,
             type=click.IntRange(min=0),
-            help="Pixels shared by neighbouring tiles (blended without seams).",
+            help="Pixels shared by neighbouring tiles (blended without seams); at most half a tile is used.",
         ),
         click.option(
             "--steps",

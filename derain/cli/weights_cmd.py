@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..weights import WeightsError, read_manifest, shipped_dir
-from .common import BadSetup
+from .common import BadSetup, make_console
 
 
 @click.command("weights")
@@ -32,7 +31,7 @@ def weights_cmd(as_json: bool) -> None:
         listed = [{"name": name, "default": name == manifest.get("default"), **entry} for name, entry in entries]
         click.echo(json.dumps(listed, indent=2))
         return
-    console = Console()
+    console = make_console()
     console.print(f"Shipped weights in {escape(str(shipped_dir()))}", soft_wrap=True)
     for name, entry in entries:  # one block each: the checksum stays on one line at 80 columns
         default = " [bold](default)[/]" if name == manifest.get("default") else ""

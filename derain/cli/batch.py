@@ -250,9 +250,7 @@ def batch(
             raise InputFailed(f"{input_dir}: is a file, not a folder; to clean it use `{hint}`")
         raise InputFailed(f"{input_dir}: no such folder")
     if source.same_as(target):
-        raise InputFailed(
-            f"{target}: the output folder must differ from the input folder (inputs are never overwritten)"
-        )
+        raise BadSetup(f"{target}: the output folder must differ from the input folder (inputs are never overwritten)")
     sources = source.files(is_image_path, exclude=target)
     videos = source.files(is_video_path, exclude=target)
     if engine == "ray":  # one task per clip, so that a folder of clips spreads over the cluster

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 
 from . import optics
-from .imageio import is_image_path, read_image
+from .imageio import ImageError, is_image_path, read_image, write_atomic
 from .visualize import to_uint8
 
 RENDERER_VERSION = "3.7"
@@ -52,6 +53,24 @@ RAIN_DIR, CLEAN_DIR, MASK_DIR = "data", "gt", "mask"
 REFERENCE_WIDTH = 720
 """Lengths in :class:`RenderConfig` are pixels of a frame this wide."""
 
+MAX_SIDE, MAX_PIXELS = 8192, 4096 * 4096
+"""The largest render. The renderer holds about 0.3 kB per pixel (float copies of the scene, the
+traced maps, the blur levels): some 5 GB at 16.8 MP, where 30000×30000 would need 250 GB."""
+
+VAL_FRACTION = 0.1
+"""Share of the photos :func:`split_of` keeps for validation."""
+
+
+def check_size(size: tuple[int, int]) -> None:
+    """Refuse a (W, H) larger than :data:`MAX_SIDE` and :data:`MAX_PIXELS` before any work, rather
+    than run out of memory in the middle of a render."""
+    w, h = size
+    if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+        raise ValueError(
+            f"{w}x{h} is larger than the renderer takes: at most {MAX_SIDE} pixels a side "
+            f"and {MAX_PIXELS / 1e6:.1f} MP in all (e.g. 4096x4096)"
+        )
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -66,6 +85,10 @@ PHONE = Camera(focal_mm=(3.5, 6.0), f_number=(1.6, 2.2), sensor_mm=5.6)
 DASHCAM = Camera(focal_mm=(2.8, 4.0), f_number=(1.6, 2.2), sensor_mm=5.4)
 SYSTEM_CAMERA = Camera(focal_mm=(18.0, 35.0), f_number=(2.8, 5.6), sensor_mm=23.5)
 """An APS-C camera with a standard zoom, as used for the Raindrop dataset."""
+
+
+_FRACTIONS = {"coverage", "haze", "haze_floor", "bokeh_rim", "mask_threshold"}
+"""Fields of :class:`RenderConfig` that are shares of a whole (besides the ``*_prob`` ones)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +215,25 @@ class RenderConfig:
     """Diameter (px) of the closing that fills pinholes in the mask of a drop."""
     scale_jitter: tuple[float, float] = (1.0, 1.4)
     """Zoom of the clean photo before the random crop."""
+
+    def __post_init__(self) -> None:
+        """Refuse numbers the renderer cannot draw from, naming the field (a typo in ``--set``)."""
+        for field in fields(self):
+            if field.name == "cameras":
+                continue
+            value = getattr(self, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            shown = f"{field.name}={','.join(str(v) for v in values)}"
+            if min(values) < 0:
+                raise ValueError(f"{shown}: must not be negative")
+            if len(values) == 2 and values[0] > values[1]:
+                raise ValueError(f"{shown}: a range is LOW,HIGH with LOW ≤ HIGH")
+            if field.name.endswith("_prob") and max(values) > 1:
+                raise ValueError(f"{shown}: a probability, between 0 and 1")
+            if field.name in _FRACTIONS and max(values) > 1:
+                raise ValueError(f"{shown}: a fraction, between 0 and 1")
+            if field.name == "jpeg_quality" and max(values) > 100:
+                raise ValueError(f"{shown}: a JPEG quality, between 0 and 100")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -574,7 +616,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.round(image * 255.0).astype(np.uint8))
 
 
-def split_of(name: str, val_fraction: float = 0.1) -> str:
+def split_of(name: str, val_fraction: float = VAL_FRACTION) -> str:
     """'val' or 'train' for a photo, decided by a hash of its file name (stable, order-free)."""
     digest = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
     return "val" if digest / 0xFFFFFFFF < val_fraction else "train"
@@ -591,9 +633,18 @@ def list_photos(folder: Path, split: str = "all") -> list[Path]:
 def render_samples(
     photos: Sequence[Path], count: int, size: tuple[int, int], seed: int = 0, cfg: RenderConfig = RenderConfig()
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Triples :func:`make_triple` draws from ``photos``; sample ``i`` depends only on (seed, i)."""
+    """Triples :func:`make_triple` draws from ``photos``; sample ``i`` depends only on (seed, i).
+
+    Bad arguments are refused here, at the call, before any photo is read."""
     if not photos:
         raise ValueError("no photos to render on")
+    check_size(size)
+    return _render_samples(photos, count, size, seed, cfg)
+
+
+def _render_samples(
+    photos: Sequence[Path], count: int, size: tuple[int, int], seed: int, cfg: RenderConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     cache: dict[int, np.ndarray] = {}
     for i in range(count):
         rng = np.random.default_rng([seed, i])
@@ -612,17 +663,47 @@ def synthesize_dataset(
     cfg: RenderConfig = RenderConfig(),
     on_sample: Callable[[int], None] | None = None,
 ) -> None:
-    """Write ``count`` triples in Raindrop layout: data/<i>_rain.png, gt/<i>_clean.png, mask/<i>_mask.png."""
+    """Write ``count`` triples in Raindrop layout: data/<i>_rain.png, gt/<i>_clean.png, mask/<i>_mask.png.
+
+    Triples already in ``out`` are replaced, those numbered ``count`` or more left: clear them
+    first (:func:`triple_files`) for a set of this render alone."""
     dirs = [Path(out) / d for d in (RAIN_DIR, CLEAN_DIR, MASK_DIR)]
     samples = render_samples(photos, count, size, seed, cfg)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     for i, (rainy, clean, mask) in enumerate(samples):
-        cv2.imwrite(str(dirs[0] / f"{i}_rain.png"), rainy[..., ::-1])
-        cv2.imwrite(str(dirs[1] / f"{i}_clean.png"), clean[..., ::-1])
-        cv2.imwrite(str(dirs[2] / f"{i}_mask.png"), mask)
+        write_png(dirs[0] / f"{i}_rain.png", rainy)
+        write_png(dirs[1] / f"{i}_clean.png", clean)
+        write_png(dirs[2] / f"{i}_mask.png", mask)
         if on_sample:
             on_sample(i)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB or gray uint8 image as PNG, atomically: a full disk or a folder in the way is
+    an :class:`~derain.imageio.ImageError`, never a missing or truncated file in a training set."""
+    ok, data = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
+    if not ok:
+        raise ImageError(f"{path}: cannot encode as PNG")
+    write_atomic(path, data.tobytes())
+
+
+_TRIPLE_FILE = {
+    RAIN_DIR: re.compile(r"\d+_rain"),
+    CLEAN_DIR: re.compile(r"\d+_clean"),
+    MASK_DIR: re.compile(r"\d+_mask"),
+}
+
+
+def triple_files(out: Path) -> list[Path]:
+    """The files of ``out`` that ``derain train`` reads as triples (data/<i>_rain.*, gt/<i>_clean.*,
+    mask/<i>_mask.*), whoever wrote them: a smaller render over them would leave the rest mixed in."""
+    found = []
+    for folder, name in _TRIPLE_FILE.items():
+        if (Path(out) / folder).is_dir():
+            files = (Path(out) / folder).iterdir()
+            found += sorted(p for p in files if name.fullmatch(p.stem) and is_image_path(p) and p.is_file())
+    return found
 
 
 def blind_test(

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .imageio import write_atomic
 from .synth import (
     CLEAN_DIR,
     MASK_DIR,
@@ -34,8 +35,10 @@ from .synth import (
     RENDERER_VERSION,
     RenderConfig,
     Rendering,
+    check_size,
     log_uniform,
     render_raindrops,
+    write_png,
 )
 
 MOTIONS = ("moving", "static")
@@ -242,10 +245,12 @@ def synthesize_clips(
 ) -> None:
     """Write ``count`` clips as ``out/<i>/`` folders in the Raindrop layout with ``clip.json``.
 
-    ``sliding``: the share of clips in which some drops slide slowly down the glass.
+    ``sliding``: the share of clips in which some drops slide slowly down the glass. Every file is
+    written atomically and ``clip.json`` last, so a clip cut short by a failed write is no clip.
     """
     if not photos:
         raise ValueError("no photos to render on")
+    check_size(size)
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         photo_path = photos[int(rng.integers(len(photos)))]
@@ -258,12 +263,12 @@ def synthesize_clips(
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         for t in range(frames):
-            cv2.imwrite(str(dirs[0] / f"{t}_rain.png"), clip.rainy[t][..., ::-1])
-            cv2.imwrite(str(dirs[1] / f"{t}_clean.png"), clip.clean[t][..., ::-1])
-            cv2.imwrite(str(dirs[2] / f"{t}_mask.png"), clip.masks[t])
+            write_png(dirs[0] / f"{t}_rain.png", clip.rainy[t])
+            write_png(dirs[1] / f"{t}_clean.png", clip.clean[t])
+            write_png(dirs[2] / f"{t}_mask.png", clip.masks[t])
         info = {"photo": photo_path.name, "motion": motion, "frames": frames, "seed": [seed, i]}
         info |= {"camera": asdict(clip.camera), "slide": clip.slide, "renderer_version": RENDERER_VERSION}
         info["views"] = [m.round(4).tolist() for m in clip.views]
-        (folder / CLIP_FILE).write_text(json.dumps(info, indent=2))
+        write_atomic(folder / CLIP_FILE, json.dumps(info, indent=2).encode())
         if on_clip:
             on_clip(i)

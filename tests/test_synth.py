@@ -1,15 +1,18 @@
 import dataclasses
 import hashlib
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from click.testing import Result
 
 from derain import optics
 from derain.synth import (
     PHONE,
     RenderConfig,
+    check_size,
     contact_sheet,
     draw_footprints,
     draw_shot,
@@ -17,9 +20,12 @@ from derain.synth import (
     list_photos,
     make_triple,
     render_raindrops,
+    render_samples,
     split_of,
     synthesize_dataset,
 )
+
+from .test_cli import assert_fails, run
 
 #: Daylight, no haze, noise or JPEG: what is left is the drops themselves.
 PLAIN = RenderConfig(night_prob=0.0, haze_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, empty_prob=0.0)
@@ -308,3 +314,103 @@ def test_split_is_stable_and_roughly_ten_percent():
     val = [n for n in names if split_of(n) == "val"]
     assert 120 < len(val) < 280
     assert val == [n for n in names if split_of(n) == "val"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("night_prob=5", "night_prob=5.0: a probability"),
+        ("coverage=0.7,0.3", "coverage=0.7,0.3: a range is LOW,HIGH with LOW ≤ HIGH"),
+        ("coverage=0.5,1.5", "coverage=0.5,1.5: a fraction"),
+        ("radius=-3,40", "radius=-3.0,40.0: must not be negative"),
+        ("jpeg_quality=60,101", "jpeg_quality=60,101: a JPEG quality"),
+    ],
+)
+def test_settings_the_renderer_cannot_draw_from_are_refused_by_name(setting: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        RenderConfig().with_settings([setting])
+
+
+def test_sizes_beyond_the_renderers_memory_are_refused_before_any_work() -> None:
+    check_size((8192, 2048))
+    check_size((4096, 4096))
+    for size in ((8193, 16), (16, 8193), (4097, 4096), (100_000, 100_000)):
+        with pytest.raises(ValueError, match="at most 8192 pixels a side and 16.8 MP"):
+            check_size(size)
+    with pytest.raises(ValueError, match="larger than the renderer takes"):  # at the call, not at the first sample
+        render_samples([Path("no/such/photo.png")], 1, (8193, 16))
+
+
+def _said(result: Result) -> str:
+    """The output with its lines joined (rich and click wrap them at the terminal's width)."""
+    return " ".join(result.output.split())
+
+
+def _photos(folder: Path, split: str = "all", count: int = 2) -> Path:
+    """``count`` tiny photos named so that they fall in ``split`` ('all': any name)."""
+    names = (f"p{i}.png" for i in range(1000))
+    for name in [n for n in names if split in ("all", split_of(n))][:count]:
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), _photo(48, 64))
+    return folder
+
+
+TINY = ("--size", "32x24")
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("extra", [("--count", "1"), ("--preview", "1")])
+def test_cli_refuses_a_size_beyond_the_limit_as_a_usage_error(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    out = tmp_path / ("sheet.png" if "--preview" in extra else "set")
+    result = run("synth", _photos(tmp_path / "photos"), "-o", out, "--size", "8193x16", *extra)
+    assert "'--size': 8193x16 is larger than the renderer takes" in assert_fails(result, 2, one_line=False)
+    assert not out.exists()
+    assert "8192 px a side and 16.8 MP" in _said(run("synth", "--help"))
+
+
+def test_cli_fails_when_a_triple_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "set" / "data" / "0_rain.png").mkdir(parents=True)  # in the way of the first file
+    result = run("synth", _photos(tmp_path / "photos"), "-o", tmp_path / "set", "--count", "1", *TINY)
+    assert "0_rain.png: cannot write (Is a directory)" in assert_fails(result, 1, one_line=False)
+    assert not [p for p in (tmp_path / "set").rglob("*") if p.name.startswith(".")], "no temp file left"
+
+
+def test_cli_refuses_an_old_dataset_unless_told_to_overwrite_it(tmp_path: Path) -> None:
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "set"
+    assert run("synth", photos, "-o", out, "--count", "3", *TINY).exit_code == 0
+    (out / "data" / "notes.txt").write_text("mine")
+    before = _digest(out)
+    result = run("synth", photos, "-o", out, "--count", "1", *TINY)
+    assert "set: already holds 3 triples: add --overwrite" in assert_fails(result, 1)
+    assert _digest(out) == before, "nothing touched"
+    result = run("synth", photos, "-o", out, "--count", "1", "--overwrite", *TINY)
+    assert result.exit_code == 0 and "✓ 1 triple from 2 photos" in _said(result)
+    assert "(replacing 3 older triples)" in _said(result)
+    assert _files(out) == {"data/0_rain.png", "gt/0_clean.png", "mask/0_mask.png", "data/notes.txt"}
+
+
+def test_cli_says_why_there_is_nothing_to_render(tmp_path: Path) -> None:
+    missing = assert_fails(run("synth", tmp_path / "nowhere", "-o", tmp_path / "x"), 1)
+    assert "nowhere: no photos found: the folder does not exist" in missing
+    photos = _photos(tmp_path / "photos", split="train", count=3)
+    elsewhere = assert_fails(run("synth", photos, "-o", tmp_path / "x", "--split", "val", *TINY), 1)
+    assert "none of its 3 photos is in the val split (about 10% of photos" in elsewhere
+    assert elsewhere.endswith("add photos, or use --split all")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_counts_in_the_singular(tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", count=1)
+    result = run("synth", photos, "-o", tmp_path / "set", "--count", "1", *TINY)
+    assert result.exit_code == 0 and "✓ 1 triple from 1 photo in" in _said(result), result.output
+    result = run("synth", photos, "-o", tmp_path / "sheet.png", "--preview", "1", *TINY)
+    assert result.exit_code == 0 and "✓ 1 render (" in _said(result), result.output
+
+
+def test_the_help_examples_are_the_readmes() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    examples = [line.strip() for line in run("synth", "--help").output.splitlines() if "-o data/" in line]
+    assert len(examples) == 2 and all(example in readme for example in examples)

@@ -197,6 +197,16 @@ def test_synth_video_and_eval_video(tmp_path: Path, tiny_weights: Path) -> None:
     assert scores["mean"]["frames"] == 3 and len(scores["clips"]) == 1
     assert {"psnr", "per_frame_psnr", "flicker", "per_frame_flicker", "gt_flicker"} <= set(scores["mean"])
 
+    synth = ["synth-video", str(photos), "-o", str(clips), "--count", "1", "--frames", "2", "--size", "64x48"]
+    again = runner.invoke(main, synth)
+    assert again.exit_code == 1 and "already holds 1 clip: add --overwrite" in again.output, again.output
+    replaced = runner.invoke(main, [*synth, "--overwrite"])
+    assert replaced.exit_code == 0 and "1 clip of 2 frames from 1 photo in" in replaced.output, replaced.output
+    assert json.loads((clips / "0" / "clip.json").read_text())["frames"] == 2
+    assert sorted(p.name for p in (clips / "0" / "data").iterdir()) == ["0_rain.png", "1_rain.png"]
+    huge = runner.invoke(main, ["synth-video", str(photos), "-o", str(tmp_path / "huge"), "--size", "8193x16"])
+    assert huge.exit_code == 2 and "at most 8192" in huge.output and not (tmp_path / "huge").exists()
+
 
 def test_colours_survive_decode_and_encode(tmp_path: Path, derainer: Derainer, monkeypatch) -> None:
     src = tmp_path / "hd.mp4"

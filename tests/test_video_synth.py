@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from derain.fusion import warp
+from derain.imageio import ImageError
 from derain.synth import REFERENCE_WIDTH
-from derain.video_synth import CameraPath, render_clip
+from derain.video_synth import CameraPath, render_clip, synthesize_clips
 
 SIZE = (160, 120)
 
@@ -76,3 +77,17 @@ def test_sliding_drops_creep_down_the_glass() -> None:
 def test_unknown_motion_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown motion"):
         render_clip(photo(), SIZE, 2, np.random.default_rng(0), "dolly")
+
+
+def test_a_frame_that_cannot_be_written_fails_the_clip(tmp_path) -> None:
+    cv2.imwrite(str(tmp_path / "p.png"), photo())
+    (tmp_path / "clips" / "0" / "gt" / "1_clean.png").mkdir(parents=True)  # in the way of the second frame
+    with pytest.raises(ImageError, match="1_clean.png: cannot write"):
+        synthesize_clips([tmp_path / "p.png"], tmp_path / "clips", 1, (32, 24), 2)
+    assert not (tmp_path / "clips" / "0" / "clip.json").exists(), "a clip is only complete with its clip.json"
+
+
+def test_a_frame_size_beyond_the_renderers_memory_is_refused_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match="larger than the renderer takes"):
+        synthesize_clips([tmp_path / "none.png"], tmp_path / "clips", 1, (8193, 16), 2)
+    assert not (tmp_path / "clips").exists()

@@ -12,16 +12,21 @@ from rich.progress import Progress
 
 from ..imageio import read_image, write_atomic
 from ..synth import (
+    MAX_PIXELS,
+    MAX_SIDE,
     RENDERER_VERSION,
+    VAL_FRACTION,
     RenderConfig,
     blind_test,
+    check_size,
     contact_sheet,
     list_photos,
     render_samples,
     synthesize_dataset,
+    triple_files,
 )
 from ..visualize import to_uint8
-from .common import InputFailed, console, friendly
+from .common import InputFailed, console, friendly, plural
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -34,6 +39,31 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     return w, h
 
 
+def parse_render_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """:func:`parse_size` within what the renderer can hold, refused before any photo is read."""
+    size = parse_size(ctx, param, value)
+    try:
+        check_size(size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return size
+
+
+RENDER_SIZE_LIMIT = (
+    f"at most {MAX_SIDE} px a side and {MAX_PIXELS / 1e6:.1f} MP, which take some 5 GB of memory: "
+    "the renderer holds ~0.3 kB a pixel"
+)
+
+
+def refuse_an_old_render(output: Path, count: int, noun: str, overwrite: bool) -> None:
+    """Refuse a folder that holds ``count`` renders already, unless ``overwrite``: a smaller render
+    over them would leave the rest mixed in with the new ones."""
+    if count and not overwrite:
+        raise InputFailed(
+            f"{output}: already holds {plural(count, noun)}: add --overwrite to replace them, or name another folder"
+        )
+
+
 split_option = click.option(
     "--split",
     default="all",
@@ -44,11 +74,21 @@ split_option = click.option(
 
 
 def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
-    """The photos under ``clean_dir`` on one side of the split; none is a one-line error."""
-    photos = list_photos(clean_dir, split) if clean_dir.is_dir() else []
-    if not photos:
-        raise InputFailed(f"{clean_dir}: no photos found (split '{split}')")
-    return photos
+    """The photos under ``clean_dir`` on one side of the split; none is a one-line error saying why."""
+    if not clean_dir.is_dir():
+        raise InputFailed(f"{clean_dir}: no photos found: the folder does not exist")
+    photos = list_photos(clean_dir, split)
+    if photos:
+        return photos
+    found = len(list_photos(clean_dir))
+    if not found:
+        raise InputFailed(f"{clean_dir}: no photos found")
+    share = VAL_FRACTION if split == "val" else 1 - VAL_FRACTION
+    which = "its only photo is not" if found == 1 else f"none of its {found} photos is"
+    raise InputFailed(
+        f"{clean_dir}: {which} in the {split} split (about {share:.0%} of photos, chosen by file name): "
+        "add photos, or use --split all"
+    )
 
 
 @click.command("synth")
@@ -61,7 +101,13 @@ def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
     help="Dataset folder to create (data/, gt/, mask/), or the sheet's file with --preview.",
 )
 @click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(min=1), help="Triples to render.")
-@click.option("--size", default="720x480", show_default=True, callback=parse_size, help="WIDTHxHEIGHT of each triple.")
+@click.option(
+    "--size",
+    default="720x480",
+    show_default=True,
+    callback=parse_render_size,
+    help=f"WIDTHxHEIGHT of each triple ({RENDER_SIZE_LIMIT}).",
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, same photos: byte-identical files.")
 @split_option
 @click.option(
@@ -77,6 +123,12 @@ def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
     type=click.Path(path_type=Path, file_okay=False),
     help="With --preview: shuffle up to N real rainy photos from this folder into the sheet (cropped to "
     "--size) and write which tile is which to SHEET.key.txt: a blind test of the renderer.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a dataset already in OUTPUT, removing its triples first. Without it such a folder is refused: "
+    "a smaller render would leave the rest of the old one mixed into the training set.",
 )
 @click.option(
     "--set",
@@ -96,6 +148,7 @@ def synth_cmd(
     split: str,
     preview: int | None,
     beside: Path | None,
+    overwrite: bool,
     settings: tuple[str, ...],
 ) -> None:
     """Render raindrops onto clean photos: (rainy, clean, mask) triples in the Raindrop layout.
@@ -107,7 +160,7 @@ def synth_cmd(
     \b
     Example:
       derain synth photos/ -o data/train --count 1400 --split train
-      derain synth photos/ -o data/val --count 50 --split val --seed 1000
+      derain synth photos/ -o data/val --count 48 --split val --seed 1000
       derain synth photos/ -o renders.png --preview 16 --set night_prob=1
       derain synth photos/ -o blind.jpg --preview 8 --beside my_rainy_photos/
     """
@@ -129,10 +182,16 @@ def synth_cmd(
         ) from None
     except OSError as exc:
         raise InputFailed(f"{output}: cannot create the dataset folder ({exc.strerror})") from None
+    old = triple_files(output)
+    replaced = len({p.stem.partition("_")[0] for p in old})
+    refuse_an_old_render(output, replaced, "triple", overwrite)
+    for path in old:
+        path.unlink()
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering (renderer v{RENDERER_VERSION})", total=count)
         synthesize_dataset(photos, output, count, size, seed, cfg, on_sample=lambda i: progress.advance(task))
-    console.print(f"[green]✓[/] {count} triples from {len(photos)} photos in {escape(str(output))}")
+    done = f"{plural(count, 'triple')} from {plural(len(photos), 'photo')} in {escape(str(output))}"
+    console.print(f"[green]✓[/] {done}" + (f" (replacing {plural(replaced, 'older triple')})" if replaced else ""))
 
 
 def _write_preview(
@@ -161,13 +220,13 @@ def _write_preview(
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(output, data.tobytes())
     if key is None:
-        console.print(f"[green]✓[/] {count} renders (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
+        console.print(f"[green]✓[/] {plural(count, 'render')} (renderer v{RENDERER_VERSION}) in {escape(str(output))}")
         return
     lines = [f"{k + 1}: {name}" for k, name in enumerate(names)]
     write_atomic(key, (f"tiles row by row; renderer v{RENDERER_VERSION}\n" + "\n".join(lines) + "\n").encode())
     console.print(
-        f"[green]✓[/] {count} renders and {len(real)} real photos, shuffled, in {escape(str(output))}"
-        f" (which is which: {escape(str(key))})"
+        f"[green]✓[/] {plural(count, 'render')} and {plural(len(real), 'real photo')}, shuffled, in "
+        f"{escape(str(output))} (which is which: {escape(str(key))})"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 import click
@@ -17,9 +18,9 @@ from ..imageio import is_image_path, write_atomic
 from ..synth import RENDERER_VERSION
 from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
-from ..video_synth import MOTIONS, synthesize_clips
+from ..video_synth import CLIP_FILE, MOTIONS, synthesize_clips
 from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options, plural
-from .synth_cmd import parse_size, photos_to_render, split_option
+from .synth_cmd import RENDER_SIZE_LIMIT, parse_render_size, photos_to_render, refuse_an_old_render, split_option
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -179,7 +180,13 @@ def video_cmd(
 )
 @click.option("--count", "-n", default=8, show_default=True, type=click.IntRange(min=1), help="Clips to render.")
 @click.option("--frames", default=12, show_default=True, type=click.IntRange(min=2), help="Frames per clip.")
-@click.option("--size", default="320x240", show_default=True, callback=parse_size, help="WIDTHxHEIGHT of the frames.")
+@click.option(
+    "--size",
+    default="320x240",
+    show_default=True,
+    callback=parse_render_size,
+    help=f"WIDTHxHEIGHT of the frames ({RENDER_SIZE_LIMIT}).",
+)
 @click.option(
     "--motion",
     default="moving",
@@ -197,6 +204,12 @@ def video_cmd(
 )
 @click.option("--seed", default=0, show_default=True, help="Same seed, same photos: the same clips.")
 @split_option
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the clips already in OUTPUT, removing them first. Without it such a folder is refused: "
+    "fewer clips would leave the rest of the old ones to be scored.",
+)
 @friendly
 def synth_video_cmd(
     clean_dir: Path,
@@ -208,6 +221,7 @@ def synth_video_cmd(
     sliding: float,
     seed: int,
     split: str,
+    overwrite: bool,
 ) -> None:
     """Render rainy clips with ground truth: a camera moving over a clean photo behind drops fixed on the glass.
 
@@ -223,6 +237,10 @@ def synth_video_cmd(
       derain synth-video photos/ -o clips_sliding/ --sliding 1 --frames 24
     """
     photos = photos_to_render(clean_dir, split)
+    old = sorted(p.parent for p in output.glob(f"*/{CLIP_FILE}"))
+    refuse_an_old_render(output, len(old), "clip", overwrite)
+    for folder in old:
+        shutil.rmtree(folder)
     with Progress(console=console) as progress:
         task = progress.add_task(f"Rendering clips (renderer v{RENDERER_VERSION})", total=count)
         synthesize_clips(

@@ -168,6 +168,13 @@ def test_clean_ext_changes_the_format(tmp_path: Path, rng: np.random.Generator, 
     assert (tmp_path / "x.tiff").read_bytes()[:4] in (b"II*\x00", b"MM\x00*")
 
 
+def test_clean_of_several_photos_points_to_batch(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
+    photos = [photo(tmp_path / f"{i}.png", rng) for i in range(2)]
+    result = run("clean", *photos, *model)
+    assert_fails(result, 2, "unexpected extra argument", "use `derain batch` on their folder", one_line=False)
+    assert files_under(tmp_path) == {"0.png", "1.png"}
+
+
 def test_clean_suffix(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     src = photo(tmp_path / "rainy.png", rng)
     assert_ok(run("clean", src, "--suffix", ".clean", *model))

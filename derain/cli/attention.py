@@ -10,10 +10,10 @@ from rich.markup import escape
 
 from ..files import attention_files
 from ..imageio import ImageError
-from .common import InputFailed, console, friendly, limit_option, load_derainer, model_options
+from .common import InputFailed, OnePhotoCommand, console, friendly, limit_option, load_derainer, model_options
 
 
-@click.command()
+@click.command(cls=OnePhotoCommand)
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
 @click.option(
     "-o",

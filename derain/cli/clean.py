@@ -13,6 +13,7 @@ from ..imageio import IMAGE_EXTENSIONS, ImageError, is_image_path, output_path_f
 from .common import (
     BadSetup,
     InputFailed,
+    OnePhotoCommand,
     console,
     friendly,
     load_derainer,
@@ -24,7 +25,7 @@ from .common import (
 )
 
 
-@click.command()
+@click.command(cls=OnePhotoCommand)
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
 @click.option(
     "-o",

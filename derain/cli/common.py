@@ -39,6 +39,18 @@ class InputFailed(click.ClickException):
     exit_code = EXIT_FAILED
 
 
+class OnePhotoCommand(click.Command):
+    """A command of one photo that, given several (a shell glob), says which command takes many."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if "unexpected extra argument" in exc.message:
+                exc.message += f"; {ctx.info_name} takes one photo: for many, use `derain batch` on their folder"
+            raise
+
+
 class BadSetup(click.ClickException):
     """The command line names something unusable: weights, device, precision (exit 2)."""
 

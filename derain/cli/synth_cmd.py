@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -49,10 +50,16 @@ def parse_render_size(ctx: click.Context, param: click.Parameter, value: str) ->
     return size
 
 
-RENDER_SIZE_LIMIT = (
-    f"at most {MAX_SIDE} px a side and {MAX_PIXELS / 1e6:.1f} MP, which take some 5 GB of memory: "
-    "the renderer holds ~0.3 kB a pixel"
-)
+def render_size_option(default: str, what: str) -> Callable[[Callable], Callable]:
+    """--size of what the renderer draws, within what it can hold."""
+    limit = f"at most {MAX_SIDE} px a side and {MAX_PIXELS / 1e6:.1f} MP: the renderer holds some 0.3 kB a pixel"
+    return click.option(
+        "--size",
+        default=default,
+        show_default=True,
+        callback=parse_render_size,
+        help=f"WIDTHxHEIGHT of {what} ({limit}).",
+    )
 
 
 def refuse_an_old_render(output: Path, count: int, noun: str, overwrite: bool) -> None:
@@ -101,13 +108,7 @@ def photos_to_render(clean_dir: Path, split: str) -> list[Path]:
     help="Dataset folder to create (data/, gt/, mask/), or the sheet's file with --preview.",
 )
 @click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(min=1), help="Triples to render.")
-@click.option(
-    "--size",
-    default="720x480",
-    show_default=True,
-    callback=parse_render_size,
-    help=f"WIDTHxHEIGHT of each triple ({RENDER_SIZE_LIMIT}).",
-)
+@render_size_option("720x480", "each triple")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same photos: byte-identical files.")
 @split_option
 @click.option(

@@ -20,7 +20,7 @@ from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import CLIP_FILE, MOTIONS, synthesize_clips
 from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options, plural
-from .synth_cmd import RENDER_SIZE_LIMIT, parse_render_size, photos_to_render, refuse_an_old_render, split_option
+from .synth_cmd import photos_to_render, refuse_an_old_render, render_size_option, split_option
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -180,13 +180,7 @@ def video_cmd(
 )
 @click.option("--count", "-n", default=8, show_default=True, type=click.IntRange(min=1), help="Clips to render.")
 @click.option("--frames", default=12, show_default=True, type=click.IntRange(min=2), help="Frames per clip.")
-@click.option(
-    "--size",
-    default="320x240",
-    show_default=True,
-    callback=parse_render_size,
-    help=f"WIDTHxHEIGHT of the frames ({RENDER_SIZE_LIMIT}).",
-)
+@render_size_option("320x240", "the frames")
 @click.option(
     "--motion",
     default="moving",

@@ -53,10 +53,10 @@ def eval_cmd(root: Path, pred_dir: Path | None, json_path: Path | None, video: b
     for folder in (root, pred_dir):
         if folder is not None and not folder.is_dir():
             raise InputFailed(f"{folder}: no such folder")
-    if json_path:  # before the long part, so a bad path fails at once
-        check_writable(json_path)
     if pred_dir and model["weights"] is not None:
         raise click.UsageError("--pred scores outputs already made; it takes no --weights")
+    if json_path:  # before the long part, so a bad path fails at once
+        check_writable(json_path)
     if video:
         if pred_dir:
             raise click.UsageError("--video runs the model; it does not take --pred")

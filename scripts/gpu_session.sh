@@ -33,9 +33,10 @@
 # VAL_EVERY=100 LR=5e-5 UNPAIRED=0 SCORE_SECONDS=100 RUNS="mw3:0.3:19::4 mw4:0.4:19::4 mw5:0.5:19::4"
 # took 579 s: the compiled bench cut at its 230 s before its max-autotune row, 896 renders beside
 # it, three fits of 230 s (450 steps each, three at once), scored. None passes the rule.
-# Next: `scripts/gpu_bench.sh OUT profile engine` alone (about 4 minutes; PYTHONPATH=$PWD, carry
+# Next: `scripts/gpu_bench.sh OUT profile engine` alone (about 4.5 minutes; PYTHONPATH=$PWD, carry
 # nothing): where one 720x480 photo's time goes, eager and compiled (issue 17), and `--compile`
-# again, on an H100 if that is what is lent; then, on the same warm machine if the time allows,
+# again, frame batches now with all maps and with the final map alone (video's way, and the
+# pixels now laid out on the GPU), on an H100 if that is what is lent; then, on the same warm machine if the time allows,
 # `scripts/gpu_bench.sh OUT video` (carry .whl; now with a per-frame --compile row, about 6 minutes).
 # For issue 14, ATTENTION_STEPS=16 (passed on to gpu_train.sh fit) trains the map unrolled to 16
 # steps, which reaches the large blobs at inference but spreads over drop-free knobs; a CPU run

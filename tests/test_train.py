@@ -56,6 +56,16 @@ def test_batches_have_the_right_shapes_and_ranges(tmp_path):
     assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
 
 
+def test_a_patch_larger_than_pairs_of_mixed_sizes_is_cut_to_the_smallest(tmp_path):
+    _write_pairs(tmp_path / "small", count=1, size=(30, 22))
+    _write_pairs(tmp_path / "large", count=1, size=(48, 40))
+    for d in ("data", "gt", "mask"):  # one folder: pair 1 at 30×22, pair 2 at 48×40
+        for f in (tmp_path / "large" / d).iterdir():
+            f.rename(tmp_path / "small" / d / f.name.replace("1_", "2_"))
+    batch = PairedImages(tmp_path / "small").batch(np.random.default_rng(0), 6, 64)
+    assert batch["rainy"].shape == batch["clean"].shape == (6, 3, 20, 20)  # 22, down to a multiple of 4
+
+
 def test_identity_crops_are_drop_free_pairs_and_the_rest_stay_rendered(tmp_path):
     _write_pairs(tmp_path)
     batch = PairedImages(tmp_path).batch(np.random.default_rng(0), 64, 32, identity=0.5)

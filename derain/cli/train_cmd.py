@@ -60,7 +60,7 @@ def _print_log(log: Log) -> None:
     default=TrainConfig.patch,
     show_default=True,
     type=click.IntRange(min=16),
-    help="Side of the square crops cut from the pairs (px).",
+    help="Side of the square crops cut from the pairs (px; at most the smallest pair's short side).",
 )
 @click.option(
     "--lr",

@@ -85,6 +85,7 @@ class PairedImages:
         self.rainy = [rainy for rainy, _, _ in decoded]
         self.clean = [clean for _, clean, _ in decoded]
         self.masks = [mask for _, _, mask in decoded]
+        self.smallest_side = min(min(mask.shape) for mask in self.masks)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -94,8 +95,10 @@ class PairedImages:
         and which of them are drop-free (``drop_free``, N booleans).
 
         A share ``identity`` of the crops are drop-free pairs: the clean crop as input and target,
-        with an empty mask, to teach that a photo without drops must come out unchanged.
+        with an empty mask, to teach that a photo without drops must come out unchanged. A patch
+        larger than the smallest pair is cut to its side, so that pairs of any sizes stack.
         """
+        patch = min(patch, self.smallest_side)
         rainy, clean, masks, drop_free = [], [], [], []
         for _ in range(size):
             i = int(rng.integers(len(self)))

@@ -158,8 +158,13 @@ class Derainer:
         dense_pass: bool | None = None,
         compile: bool = False,
     ) -> None:
-        self.device = pick_device(device)
-        self.precision = pick_precision(precision, self.device)
+        for name, value in (("steps", steps), ("tile_overlap", tile_overlap), ("working_size", working_size)):
+            _check_whole(name, value, none_ok=name != "tile_overlap")
+        for name, value in (("gate", gate), ("dense_pass", dense_pass), ("compile", compile)):
+            if value not in (None, True, False) or (value is None and name == "compile"):
+                raise TypeError(f"{name} must be True or False{'' if name == 'compile' else ' (or None: the default)'}")
+        self.device = pick_device("auto" if device is None else device)
+        self.precision = pick_precision("auto" if precision is None else precision, self.device)
         if compile and self.device.type != "cuda":
             raise ValueError(
                 f"compiling the model pays on CUDA GPUs only, not on {self.device.type} (on the CPU it runs no "
@@ -238,7 +243,8 @@ class Derainer:
 
         With ``fuse``, pixels a drop hides are taken from frames up to ``window`` away on each
         side where those saw them clearly (see :mod:`derain.fusion`); only a window of frames is held.
-        ``find_missed=False`` fuses only where the model saw drops.
+        ``find_missed=False`` fuses only where the model saw drops. Each frame is copied as it comes
+        (a camera may refill one buffer), and fusion starts afresh where the frame size changes.
         """
         from .frames import derain_frames  # frames builds on this module
 
@@ -256,14 +262,24 @@ class Derainer:
         ph, pw = self._network_shape(height, width)
         return max(1, min(MAX_TILE_BATCH, self._pixel_budget() // (ph * pw)))
 
-    def run_batch(self, images: list[np.ndarray], all_maps: bool = True) -> list[Restoration]:
-        """:meth:`run` with attention on each image, in one forward pass when they share a size and
-        dtype and need no tiles (video frames; size the list with :meth:`batch_size`). Same results,
+    def run_batch(self, images: Iterable[np.ndarray], all_maps: bool = True) -> list[Restoration]:
+        """:meth:`run` with attention on each image, in shared forward passes of :meth:`batch_size`
+        images when they share a size and dtype and need no tiles (video frames). Same results,
         image by image. ``all_maps=False`` returns the final map alone (all video needs): on a GPU
         the others never leave it."""
+        images = list(images)
+        for image in images:  # every one, before any work
+            _check_image(image)
         shapes = {(i.shape, i.dtype) for i in images}
-        if len(images) == 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
+        if len(images) <= 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
             return _maps_kept([self.run(i, with_attention=True) for i in images], all_maps)
+        per_pass = self.batch_size(*images[0].shape[:2])  # memory for one such pass, not for the whole list
+        return [r for k in range(0, len(images), per_pass) for r in self._run_pass(images[k : k + per_pass], all_maps)]
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _run_pass(self, images: list[np.ndarray], all_maps: bool) -> list[Restoration]:
+        """:meth:`run_batch` of images of one size and dtype that need no tiles, in one forward pass."""
         scale = _check_image(images[0])
         size = self._working_shape(*images[0].shape[:2])
         small = images if size is None else [_resize(i, size) for i in images]
@@ -271,8 +287,6 @@ class Derainer:
         if self.dense_pass:
             results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
-
-    # --- internals --------------------------------------------------------------------------
 
     def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool) -> Restoration:
         """:meth:`run`, with or without the dense pass."""
@@ -549,6 +563,15 @@ def _scale_back(image: np.ndarray, small: np.ndarray, result: Restoration) -> Re
     if maps is not None:
         maps = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]
     return Restoration(pixels, maps)
+
+
+def _check_whole(name: str, value: object, none_ok: bool) -> None:
+    """Refuse a non-integer where a count of pixels or steps belongs (``2.5``, ``'4'``, ``True``)."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        full = " (None: the photo's own size, the CLI's 'full')" if name == "working_size" else ""
+        raise TypeError(f"{name} must be a whole number{full}, not {value!r}")
 
 
 def _parse_tile(tile: int | str) -> int | None:

@@ -9,6 +9,7 @@ passes and fusion's CPU work overlap.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -72,7 +73,7 @@ def restore_frames(
     for frame in frames:
         if batch is None:
             batch = derainer.batch_size(*frame.shape[:2])
-        group.append(frame)
+        group.append(np.array(frame))  # a copy: a camera may hand out one buffer, refilled for each frame
         if len(group) >= batch:
             yield from zip(group, derainer.run_batch(group, all_maps=False))
             group = []
@@ -90,13 +91,15 @@ def derain_frames(
     find_missed: bool = True,
 ) -> Iterator[np.ndarray]:
     """Each frame (H×W×3 RGB uint8/uint16) derained, fused with its ``radius`` neighbours on each
-    side (``find_missed``: see :func:`~derain.fusion.fuse`)."""
+    side (``find_missed``: see :func:`~derain.fusion.fuse`). Where the frame size changes (another
+    camera, a resized stream), fusion starts afresh: frames of other sizes show no common scene."""
     restored = restore_frames(derainer, frames, batch)
     if not fuse_frames:
         yield from (r.image for _, r in restored)
         return
     ahead = Prefetch(((f, r.image, r.attention[-1]) for f, r in restored), "derain-model")
     try:
-        yield from fuse(ahead, radius, find_missed=find_missed)
+        for _, run in itertools.groupby(ahead, key=lambda item: item[0].shape):
+            yield from fuse(run, radius, find_missed=find_missed)
     finally:
         ahead.close()

@@ -1,4 +1,5 @@
 import os
+import re
 
 import cv2
 import numpy as np
@@ -159,6 +160,40 @@ def test_a_batch_can_bring_back_the_final_map_alone(tiny_weights, rng, tile):
         assert len(every.attention) == derainer.steps and len(final.attention) == 1
         assert np.array_equal(final.attention[0], every.attention[-1])
         assert np.array_equal(final.image, every.image)
+
+
+def test_a_long_list_runs_in_passes_of_batch_size(tiny_weights, rng, monkeypatch):
+    derainer = Derainer(tiny_weights, device="cpu", precision="fp32", dense_pass=False)
+    monkeypatch.setattr(derainer, "batch_size", lambda height, width: 2)  # as a GPU with room for two
+    passes = []
+    derainer.model.register_forward_pre_hook(lambda module, args: passes.append(len(args[0])))
+    frames = [random_image(rng, 40, 56) for _ in range(5)]
+    results = derainer.run_batch(iter(frames), all_maps=False)  # any iterable
+    assert passes == [2, 2, 1], "memory for two at a time, not for the whole list"
+    for result, frame in zip(results, frames, strict=True):
+        assert np.abs(result.image.astype(int) - derainer.clean(frame)).max() <= 1
+
+
+def test_run_batch_of_nothing_or_of_bad_items(tiny_weights):
+    derainer = Derainer(tiny_weights, device="cpu")
+    assert derainer.run_batch([]) == []
+    with pytest.raises(TypeError, match="numpy array"):
+        derainer.run_batch([np.zeros((8, 8, 3), np.uint8), None])
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"working_size": "full"}, "working_size must be a whole number (None: the photo's own size"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"tile_overlap": None}, "tile_overlap must be a whole number"),
+        ({"gate": "no"}, "gate must be True or False"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_named(tiny_weights, setting, named):
+    with pytest.raises(TypeError, match=re.escape(named)):
+        Derainer(tiny_weights, device="cpu", **setting)
 
 
 def test_frames_too_large_for_one_pass_are_tiled_one_by_one(tiny_weights, rng):

@@ -33,6 +33,8 @@ VIDEO_EXTENSIONS = frozenset(
 #: Containers the output keeps; others (WebM cannot hold H.264, AVI cannot hold most audio) become .mkv.
 KEPT_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".mkv"})
 DEFAULT_CODEC = "libx264"
+CRF_CODECS, MAX_CRF = ("libx264", "libx265"), 51
+"""The encoders whose constant quality ``crf`` sets, and its worst value."""
 DEFAULT_CRF = 17
 """x264's constant-quality level that is visually lossless for most footage."""
 HDR_TRANSFERS = {16: "PQ (HDR10)", 18: "HLG"}
@@ -290,6 +292,10 @@ def clean_video(
         raise VideoError(f"the end ({end:g} s) must come after the start ({start:g} s)")
     if not dst.parent.is_dir():
         raise VideoError(f"{dst}: folder {dst.parent} does not exist")
+    if not dst.suffix:  # FFmpeg picks the container by it
+        raise VideoError(f"{dst}: name the output with a container's extension, such as .mp4 or .mkv")
+    if codec in CRF_CODECS and not 0 <= crf <= MAX_CRF:
+        raise VideoError(f"crf must be between 0 and {MAX_CRF} for {codec}, not {crf}")
     tmp = dst.with_name(f".{dst.stem}.{secrets.token_hex(4)}.tmp{dst.suffix}")  # FFmpeg picks the container by suffix
     with _open_input(av, src) as container:
         info = _describe(container, src, start, end)

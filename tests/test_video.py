@@ -155,6 +155,11 @@ def test_refuses_to_overwrite_input_and_bad_times(tmp_path: Path, derainer: Dera
         clean_video(derainer, src, src)
     with pytest.raises(VideoError, match="after the start"):
         clean_video(derainer, src, tmp_path / "o.mp4", start=2, end=1)
+    with pytest.raises(VideoError, match="crf must be between 0 and 51 for libx264, not -5"):
+        clean_video(derainer, src, tmp_path / "o.mp4", crf=-5)
+    with pytest.raises(VideoError, match="name the output with a container's extension"):
+        clean_video(derainer, src, tmp_path / "o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
     result = CliRunner().invoke(main, ["video", str(src), "--start", "soon", "-w", str(tiny_weights)])
     assert result.exit_code == 2 and "not a time" in result.output
 

@@ -16,7 +16,7 @@ from ..evaluate import report_json
 from ..fusion import DEFAULT_RADIUS
 from ..imageio import is_image_path, write_atomic
 from ..synth import RENDERER_VERSION
-from ..video import DEFAULT_CODEC, DEFAULT_CRF, clean_video, probe, video_output_path
+from ..video import DEFAULT_CODEC, DEFAULT_CRF, MAX_CRF, clean_video, probe, video_output_path
 from ..video_eval import ClipScore, evaluate_clips
 from ..video_synth import CLIP_FILE, MOTIONS, synthesize_clips
 from .common import BadSetup, InputFailed, console, friendly, load_derainer, make_parent, model_options, plural
@@ -75,7 +75,7 @@ window_option = click.option(
     "--crf",
     default=DEFAULT_CRF,
     show_default=True,
-    type=click.IntRange(0, 51),
+    type=click.IntRange(0, MAX_CRF),
     help="Constant quality for libx264/libx265: lower is better; 17 is visually lossless.",
 )
 @click.option("--start", callback=parse_time, metavar="TIME", help="Begin here (seconds, or M:SS, H:MM:SS).")

@@ -104,11 +104,13 @@ def attention_files(
 ) -> AttentionFiles:
     """Write the N attention maps as 8-bit PNGs and a heat-map overlay of the last one."""
     src = Path(src)
+    paths = attention_paths(src, out_dir, derainer.steps)
+    for path in (*paths.maps, paths.overlay):  # before the model runs: a slip should not cost its time
+        refuse_overwriting_input(src, path)
+    if not Path(out_dir).is_dir():
+        raise ImageError(f"{out_dir}: no such folder")
     image = read_image(src, max_pixels)
     maps = derainer.attention(image.rgb)
-    paths = attention_paths(src, out_dir, len(maps))
-    for path in (*paths.maps, paths.overlay):
-        refuse_overwriting_input(src, path)
     for path, attention in zip(paths.maps, maps):
         write_image(
             path, Image(rgb=np.repeat(attention_to_gray(attention)[..., None], 3, 2), alpha=None, grayscale=True)

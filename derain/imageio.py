@@ -105,12 +105,13 @@ def read_image_size(path: Path) -> tuple[int, int]:
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
-    """Decode a photo upright with its alpha, bit depth and metadata, refusing one over `max_pixels` before decoding."""
+    """Decode a photo upright with its alpha, bit depth and metadata, refusing one over `max_pixels` before
+    decoding (None or 0: no limit, as `--max-pixels 0`)."""
     if not is_image_path(path):
         raise ImageError(_unsupported(path))
     with _opened(path) as (f, header):
         width, height = header.size
-        if max_pixels is not None and width * height > max_pixels:
+        if max_pixels and width * height > max_pixels:
             raise ImageError(
                 f"{path}: image is {width}x{height} ({_pixels(width * height)}), above the limit of "
                 f"{_pixels(max_pixels)}; raise it with --max-pixels"

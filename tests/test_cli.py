@@ -633,6 +633,19 @@ def test_attention_bad_input(tmp_path: Path, model: list[str]) -> None:
     assert files_under(tmp_path) == {"notes.png"}
 
 
+def test_attention_files_checks_its_folder_before_the_model_runs(
+    tmp_path: Path, rng: np.random.Generator, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from derain.files import attention_files
+    from derain.imageio import ImageError
+
+    src = photo(tmp_path / "rainy.png", rng)
+    derainer = Derainer(tiny_weights, device="cpu")
+    monkeypatch.setattr(derainer, "attention", _must_not_load)
+    with pytest.raises(ImageError, match="nodir: no such folder"):
+        attention_files(derainer, src, tmp_path / "nodir")
+
+
 def test_attention_max_pixels(tmp_path: Path, rng: np.random.Generator, model: list[str]) -> None:
     src = photo(tmp_path / "rainy.png", rng)
     assert_fails(run("attention", src, "--max-pixels", "100", *model), 1, "--max-pixels")

@@ -361,6 +361,7 @@ def test_max_pixels_is_checked_before_decoding(tmp_path: Path, monkeypatch: pyte
     path = _file(tmp_path, "x.png", _encode(".png", _noise(10, 10)))
     assert read_image(path, max_pixels=100).size == (10, 10)
     assert read_image(path, max_pixels=None).size == (10, 10)
+    assert read_image(path, max_pixels=0).size == (10, 10)  # 0: no limit, as --max-pixels 0
     monkeypatch.setattr(cv2, "imdecode", _must_not_decode)
     with pytest.raises(ImageError, match=r"10x10 \(100 pixels\).*limit of 99 pixels.*--max-pixels"):
         read_image(path, max_pixels=99)

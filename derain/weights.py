@@ -266,6 +266,8 @@ def load_weights(weights: str | Path | None = None) -> tuple[Generator, WeightsI
 
     Raises :class:`WeightsError` with a one-line reason for anything that is not usable.
     """
+    if weights is not None and not str(weights).strip():
+        raise WeightsError("weights: an empty name; give a shipped name, a file path, or None for the default")
     path = Path(weights) if weights is not None else None
     if path is None or (not path.exists() and path.suffix == "" and "/" not in str(weights)):
         path = resolve_shipped(None if weights is None else str(weights))
@@ -273,7 +275,9 @@ def load_weights(weights: str | Path | None = None) -> tuple[Generator, WeightsI
     else:
         source = str(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        shipped = path.suffix and not path.exists() and path.stem in read_manifest()["files"]
+        hint = f" (shipped weights go by name alone: {path.stem})" if shipped else ""
+        raise WeightsError(f"weights file not found: {path}{hint}")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: file is empty")
     with open(path, "rb") as f:

@@ -15,6 +15,7 @@ from derain.weights import (
     average_weights,
     from_official,
     load_weights,
+    read_manifest,
     resolve_shipped,
     save_weights,
     sha256_of,
@@ -138,6 +139,15 @@ def _shipped_folder(tmp_path: Path, weights: Path, sha: str) -> Path:
     manifest = {"default": "tiny", "files": {"tiny": {"file": "tiny.safetensors", "sha256": sha, "size": 1}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+def test_a_shipped_name_with_its_extension_or_an_empty_name_says_what_to_give(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where no such file lies
+    default = read_manifest()["default"]
+    with pytest.raises(WeightsError, match=rf"not found: {default}.safetensors \(shipped weights go by name alone"):
+        load_weights(f"{default}.safetensors")
+    with pytest.raises(WeightsError, match="an empty name"):
+        load_weights("")
 
 
 def test_shipped_weights_are_checksum_verified(tmp_path, tiny_weights):

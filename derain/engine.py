@@ -160,9 +160,11 @@ class Derainer:
     ) -> None:
         for name, value in (("steps", steps), ("tile_overlap", tile_overlap), ("working_size", working_size)):
             _check_whole(name, value, none_ok=name != "tile_overlap")
-        for name, value in (("gate", gate), ("dense_pass", dense_pass), ("compile", compile)):
-            if value not in (None, True, False) or (value is None and name == "compile"):
-                raise TypeError(f"{name} must be True or False{'' if name == 'compile' else ' (or None: the default)'}")
+        for name, value in (("gate", gate), ("dense_pass", dense_pass)):
+            if value not in (None, True, False):
+                raise TypeError(f"{name} must be True, False or None (the default)")
+        if compile not in (True, False):
+            raise TypeError("compile must be True or False")
         self.device = pick_device("auto" if device is None else device)
         self.precision = pick_precision("auto" if precision is None else precision, self.device)
         if compile and self.device.type != "cuda":

@@ -188,7 +188,7 @@ def test_run_batch_of_nothing_or_of_bad_items(tiny_weights):
         ({"steps": 2.5}, "steps must be a whole number"),
         ({"steps": True}, "steps must be a whole number"),
         ({"tile_overlap": None}, "tile_overlap must be a whole number"),
-        ({"gate": "no"}, "gate must be True or False"),
+        ({"gate": "no"}, "gate must be True, False or None"),
     ],
 )
 def test_settings_of_the_wrong_type_are_named(tiny_weights, setting, named):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -31,6 +32,8 @@ from .model import SIZE_MULTIPLE, Generator
 from .postops import fuse_for_cpu
 from .tiling import Tile, plan_tiles
 from .weights import load_weights
+
+Pixels = TypeVar("Pixels", np.ndarray, torch.Tensor)  # pixels on the host or on the device
 
 #: Overlap between neighbouring tiles, in pixels. The blend ignores the outer quarter of each
 #: overlap, so 128 keeps ≥ 32 px of real context at every tile edge.
@@ -270,19 +273,18 @@ class Derainer:
         image by image. ``all_maps=False`` returns the final map alone (all video needs): on a GPU
         the others never leave it."""
         images = list(images)
-        for image in images:  # every one, before any work
-            _check_image(image)
+        scales = [_check_image(image) for image in images]  # every one, before any work
         shapes = {(i.shape, i.dtype) for i in images}
         if len(images) <= 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
             return _maps_kept([self.run(i, with_attention=True) for i in images], all_maps)
         per_pass = self.batch_size(*images[0].shape[:2])  # memory for one such pass, not for the whole list
-        return [r for k in range(0, len(images), per_pass) for r in self._run_pass(images[k : k + per_pass], all_maps)]
+        chunks = (images[k : k + per_pass] for k in range(0, len(images), per_pass))
+        return [r for chunk in chunks for r in self._run_pass(chunk, scales[0], all_maps)]
 
     # --- internals --------------------------------------------------------------------------
 
-    def _run_pass(self, images: list[np.ndarray], all_maps: bool) -> list[Restoration]:
+    def _run_pass(self, images: list[np.ndarray], scale: float, all_maps: bool) -> list[Restoration]:
         """:meth:`run_batch` of images of one size and dtype that need no tiles, in one forward pass."""
-        scale = _check_image(images[0])
         size = self._working_shape(*images[0].shape[:2])
         small = images if size is None else [_resize(i, size) for i in images]
         results = self._run_same_size(small, scale, all_maps)
@@ -366,9 +368,12 @@ class Derainer:
         factor = self.working_size / min(height, width)
         return max(1, round(height * factor)), max(1, round(width * factor))
 
-    def _model_order(self, pixels: np.ndarray) -> np.ndarray:
-        """RGB pixels (…×H×W×3) in the channel order the weights were trained on."""
-        return pixels[..., ::-1] if self.weights_info.channel_order == "BGR" else pixels
+    def _model_order(self, pixels: Pixels) -> Pixels:
+        """RGB pixels (…×H×W×3, an array or a tensor) in the channel order the weights were trained
+        on, or such pixels back in RGB: the swap is its own inverse."""
+        if self.weights_info.channel_order != "BGR":
+            return pixels
+        return pixels.flip(-1) if isinstance(pixels, torch.Tensor) else pixels[..., ::-1]
 
     def _run_whole(
         self, batch: np.ndarray, scale: float, like: np.ndarray, with_attention: bool, all_maps: bool = True
@@ -405,11 +410,9 @@ class Derainer:
         height, width = like.shape[:2]
         scale = float(np.iinfo(like.dtype).max)
         pixels = image[..., :height, :width].permute(0, 2, 3, 1).mul(scale).round_().clamp_(0.0, scale)
-        if self.weights_info.channel_order == "BGR":
-            pixels = pixels.flip(-1)
-        # Laid out as N×H×W×3 where they were computed (a GPU transposes 8 1080p frames in far
-        # less time than the host would), so only the copy back remains
-        pixels = pixels.to(torch.uint8 if scale == 255 else torch.int32).contiguous().cpu().numpy()
+        # In RGB and laid out as N×H×W×3 where they were computed (a GPU transposes 8 1080p frames
+        # in far less time than the host would), so only the copy back remains
+        pixels = self._model_order(pixels).to(torch.uint8 if scale == 255 else torch.int32).contiguous().cpu().numpy()
         pixels = pixels.astype(like.dtype, copy=False)
         kept = [m[:, :height, :width].clamp(0.0, 1.0).cpu().numpy() for m in maps] if with_attention else None
         return [Restoration(pixels[k], None if kept is None else [m[k] for m in kept]) for k in range(len(pixels))]

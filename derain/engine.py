@@ -276,7 +276,7 @@ class Derainer:
         scales = [_check_image(image) for image in images]  # every one, before any work
         shapes = {(i.shape, i.dtype) for i in images}
         if len(images) <= 1 or len(shapes) > 1 or self._needs_tiles(*images[0].shape[:2]):
-            return _maps_kept([self.run(i, with_attention=True) for i in images], all_maps)
+            return [self._run(i, True, self.dense_pass, all_maps) for i in images]
         per_pass = self.batch_size(*images[0].shape[:2])  # memory for one such pass, not for the whole list
         chunks = (images[k : k + per_pass] for k in range(0, len(images), per_pass))
         return [r for chunk in chunks for r in self._run_pass(chunk, scales[0], all_maps)]
@@ -292,25 +292,26 @@ class Derainer:
             results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
 
-    def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool) -> Restoration:
-        """:meth:`run`, with or without the dense pass."""
+    def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool, all_maps: bool = True) -> Restoration:
+        """:meth:`run`, with or without the dense pass, with all maps or the final one."""
         scale = _check_image(image)
         size = self._working_shape(*image.shape[:2])
         small = image if size is None else _resize(image, size)
-        result = self._run_one(small, scale, with_attention or dense_pass)
+        # The dense pass needs the final map alone: on a GPU the others stay there
+        result = self._run_one(small, scale, with_attention or dense_pass, with_attention and all_maps)
         if dense_pass:
             result = self._dense_pass(small, scale, result, with_attention)
         return result if size is None else _scale_back(image, small, result)
 
-    def _run_one(self, image: np.ndarray, scale: float, with_attention: bool) -> Restoration:
+    def _run_one(self, image: np.ndarray, scale: float, with_attention: bool, all_maps: bool = True) -> Restoration:
         """:meth:`run` at the image's own size: whole, or in tiles (smaller ones if a GPU runs out)."""
         padded = self._model_order(_pad_to_multiple(image, SIZE_MULTIPLE))
         tile = self._tile_size(*padded.shape[:2])
         while True:
             try:
                 if tile >= max(padded.shape[:2]):
-                    return self._run_whole(padded[None], scale, image, with_attention)[0]
-                return self._run_tiled(padded, scale, tile, image, with_attention)
+                    return self._run_whole(padded[None], scale, image, with_attention, all_maps)[0]
+                return self._run_tiled(padded, scale, tile, image, with_attention, all_maps)
             except torch.OutOfMemoryError:
                 if self.device.type != "cuda" or tile <= MIN_TILE:
                     raise
@@ -349,7 +350,7 @@ class Derainer:
             return self._run_whole(batch, scale, images[0], with_attention=True, all_maps=all_maps)
         except torch.OutOfMemoryError:  # a busy GPU: image by image instead (tiled if need be)
             torch.cuda.empty_cache()
-            return _maps_kept([self._run_one(i, scale, with_attention=True) for i in images], all_maps)
+            return [self._run_one(i, scale, True, all_maps) for i in images]
 
     def _network_shape(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) the network sees an image of this size at: its working size, padded."""
@@ -385,10 +386,10 @@ class Derainer:
         return self._finish(image, x, maps if with_attention and all_maps else maps[-1:], like, with_attention)
 
     def _run_tiled(
-        self, padded: np.ndarray, scale: float, tile: int, like: np.ndarray, with_attention: bool
+        self, padded: np.ndarray, scale: float, tile: int, like: np.ndarray, with_attention: bool, all_maps: bool
     ) -> Restoration:
         """Tiles stitched on the host, then gated and rounded there, as a whole image."""
-        out, maps = self._run_tiles(padded, scale, tile, with_attention)
+        out, maps = self._run_tiles(padded, scale, tile, with_attention and all_maps)
         x = self._to_device(padded[None], scale, torch.device("cpu")) if self.gate else None
         image = torch.from_numpy(out).permute(2, 0, 1)[None]
         return self._finish(image, x, [torch.from_numpy(m)[None] for m in maps], like, with_attention)[0]
@@ -444,20 +445,20 @@ class Derainer:
             yield tiles[i : i + per_batch]
 
     def _run_tiles(
-        self, image: np.ndarray, scale: float, tile: int, with_attention: bool
+        self, image: np.ndarray, scale: float, tile: int, all_maps: bool
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         height, width = image.shape[:2]
         tiles = plan_tiles(height, width, tile, self.tile_overlap, SIZE_MULTIPLE)
         out = np.zeros((height, width, 3), np.float32)
-        kept = self.steps if with_attention else 1  # the final map always: the gate needs it
+        kept = self.steps if all_maps else 1  # the final map always: the gate needs it
         maps = [np.zeros((height, width), np.float32) for _ in range(kept)]
         for group in self._batches(tiles):
             batch = np.stack([image[t.region] for t in group])
-            result = self._forward(batch, scale)
+            result = self._forward(batch, scale, kept)
             for k, t in enumerate(group):
                 w = t.weight
                 out[t.region] += result.image[k] * w[..., None]
-                for acc, m in zip(maps, result.attention[-kept:]):
+                for acc, m in zip(maps, result.attention):
                     acc[t.region] += m[k] * w
         return out, maps
 
@@ -479,15 +480,11 @@ class Derainer:
             out = self._network(x, side_outputs=False)
         return out.image.float(), [a.float()[:, 0] for a in out.attention]
 
-    def _forward(self, batch: np.ndarray, scale: float) -> Restoration:
-        """Run the generator on an N×H×W×3 integer batch; float32 N×H×W×3 and N×H×W maps out."""
+    def _forward(self, batch: np.ndarray, scale: float, kept: int) -> Restoration:
+        """Run the generator on an N×H×W×3 integer batch; float32 N×H×W×3 and the last ``kept``
+        N×H×W maps out (the others stay on the device)."""
         image, maps = self._infer(self._to_device(batch, scale))
-        return Restoration(image.permute(0, 2, 3, 1).cpu().numpy(), [m.cpu().numpy() for m in maps])
-
-
-def _maps_kept(results: list[Restoration], all_maps: bool) -> list[Restoration]:
-    """``results`` with all their attention maps, or with the final one alone."""
-    return results if all_maps else [Restoration(r.image, r.attention[-1:]) for r in results]
+        return Restoration(image.permute(0, 2, 3, 1).cpu().numpy(), [m.cpu().numpy() for m in maps[-kept:]])
 
 
 def gate_weights(attention: torch.Tensor, sigma: float = GATE_SIGMA, level: float = GATE_LEVEL) -> torch.Tensor:

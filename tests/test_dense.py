@@ -9,12 +9,16 @@ from click.testing import CliRunner
 import derain.engine
 from derain.cli import main
 from derain.dense import (
+    DENSE_LEVEL,
     DENSE_MARGIN,
+    DENSE_RAMP,
+    DENSE_SIGMA,
     LARGE_DROP_RADIUS,
     combine_changes,
     dense_region,
     density_weights,
     enlarge,
+    near_large_drops,
     reduce_change,
 )
 from derain.engine import Derainer
@@ -44,6 +48,30 @@ def test_no_second_pass_near_a_drop_too_large_to_repaint_at_twice_the_size():
     weights = density_weights(attention)
     assert weights[240, 180] < 1e-6 and weights[240, 180 + LARGE_DROP_RADIUS + 10] < 0.05
     assert weights[60, 180] == 1.0, "the field away from it"
+
+
+def test_large_drops_are_searched_near_the_dense_field_alone_with_the_same_answer():
+    """The weights equal the ramp times the large-drop exclusion computed on the whole map, though
+    the exclusion runs only around the dense field: with a large drop inside the field, on its edge,
+    and at every distance beyond it until the ramp's edge is far behind."""
+    height, width = 300, 900
+    yy, xx = np.mgrid[:height, :width]
+    field = ((yy // 6 + xx // 6) % 2 == 0) & (yy >= 80) & (yy < 220) & (xx >= 40) & (xx < 240)
+    radius = LARGE_DROP_RADIUS + 3
+    for distance in range(-radius, 400, 6):
+        attention = field.astype(np.float32)
+        attention[(yy - 150) ** 2 + (xx - (240 + distance)) ** 2 <= radius**2] = 1.0
+        drops = attention > DENSE_LEVEL
+        share = cv2.GaussianBlur(
+            cv2.resize(drops.astype(np.float32), (width // 4, height // 4), interpolation=cv2.INTER_AREA),
+            (0, 0),
+            DENSE_SIGMA / 4,
+        )
+        ramp = np.clip((share - DENSE_RAMP[0]) / (DENSE_RAMP[1] - DENSE_RAMP[0]), 0.0, 1.0)
+        whole = cv2.resize(ramp, (width, height), interpolation=cv2.INTER_LINEAR) * (1.0 - near_large_drops(drops))
+        weights = density_weights(attention)
+        assert (weights[:, -100:] == 0).all(), "the far side is not dense: the search does not reach it"
+        np.testing.assert_array_equal(weights, whole, err_msg=f"a large drop {distance} px from the field")
 
 
 def test_the_dense_region_covers_the_weights_with_context_inside_the_image():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from derain.engine import Derainer
+from derain.train import loop
 from derain.train.data import PairedImages, UnpairedImages, find_pairs, mask_from_difference
 from derain.train.loop import TrainConfig, Trainer, bf16_native, lr_at, train, validate
 from derain.train.losses import attention_loss, multiscale_loss, ssim_loss
@@ -324,3 +325,11 @@ def test_unpaired_folders_must_hold_photos_and_need_the_discriminator(tmp_path):
     with pytest.raises(ValueError, match="gan weight"):
         Trainer(TrainConfig(**no_gan, unpaired_dir=str(tmp_path / "real")), tmp_path / "train", tmp_path / "run")
     assert not (tmp_path / "run").exists(), "no run folder is left behind"
+
+
+def test_training_on_the_cpu_keeps_freed_memory_as_inference_does(tmp_path, monkeypatch):
+    _write_pairs(tmp_path)
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1) or True)
+    Trainer(TrainConfig(batch=2, patch=16, mixed_precision=False), tmp_path, tmp_path / "run").train_step()
+    assert calls == [1]

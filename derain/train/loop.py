@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..allocator import keep_freed_memory
 from ..engine import apply_gate, cpu_supports_bf16
 from ..model import AttentiveDiscriminator, Generator, GeneratorConfig, init_for_training
 from ..weights import load_weights, save_weights
@@ -216,6 +217,8 @@ class Trainer:
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # every step has the same crop size: tune convolutions once
+        elif self.device.type == "cpu":
+            keep_freed_memory()  # each step would free and refault its activations: 3 % of a step here
         self.bf16 = cfg.mixed_precision and bf16_native(self.device)
         self.model.to(self.device, memory_format=torch.channels_last if self.bf16 else torch.preserve_format)
         self.ema = EMA(self.model, cfg.ema_decay)

@@ -48,7 +48,8 @@ def density_weights(attention: np.ndarray) -> np.ndarray:
     and none near a large drop (:func:`near_large_drops`).
 
     Most photos have no dense drops, and the large-drop search is most of the work (16 ms at
-    720×480 on one core, as long as a GPU's whole pass), so it runs only where the ramp is on."""
+    720×480 on two cores, about as long as a GPU's whole forward pass), so it runs only near
+    where the ramp is on."""
     height, width = attention.shape
     drops = attention > DENSE_LEVEL
     small_size = (max(1, width // 4), max(1, height // 4))
@@ -82,8 +83,8 @@ def dense_region(weights: np.ndarray) -> tuple[slice, slice] | None:
 
 
 def _bounds(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """The rows and columns of a box around a mask's pixels (not all False), ``margin`` wider on
-    each side as far as the mask reaches."""
+    """The rows and columns of the box around a mask's pixels (not all False), ``margin`` wider on
+    each side, within the mask's bounds."""
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     height, width = mask.shape
     return (

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
+from .colour import cap_colour
 from .dense import combine_changes, dense_region, density_weights, enlarge, reduce_change
 from .fusion import DEFAULT_RADIUS
 from .lights import light_sources
@@ -539,10 +540,12 @@ def _halo_on_device(attention: torch.Tensor, sigma: float) -> torch.Tensor:
 def apply_gate(output: torch.Tensor, image: torch.Tensor, attention: torch.Tensor) -> None:
     """Blend the network's ``output`` (…×3×H×W float) with its input ``image`` (the same, in
     [0, 1]) by :func:`gate_weights` of the final attention map (…×H×W), in place (at 24 MP each
-    image is 290 MB); the output is clipped to [0, 1] first. Light sources in the input
+    image is 290 MB); the output is clipped to [0, 1] and kept from colours stronger than the
+    input's nearby (:func:`~derain.colour.cap_colour`) first. Light sources in the input
     (:func:`~derain.lights.light_sources`) stay as they were: the network paints lamps over."""
     weights = gate_weights(attention).mul_(1.0 - light_sources(image))
-    output.clamp_(0.0, 1.0).sub_(image).mul_(weights.unsqueeze(-3)).add_(image)
+    cap_colour(output.clamp_(0.0, 1.0), image)
+    output.sub_(image).mul_(weights.unsqueeze(-3)).add_(image)
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -32,8 +32,9 @@ COARSE = 4
 def colourfulness(image: torch.Tensor) -> torch.Tensor:
     """Each pixel's distance from the grey of its own brightness: …×3×H×W in, …×1×H×W out, in
     any channel order."""
-    grey = image - image.mean(-3, keepdim=True)
-    return grey.mul_(grey).sum(-3, keepdim=True).sqrt_()  # 10× torch.norm's time over channels on a CPU
+    grey = image.mean(-3, keepdim=True)
+    # Channel by channel: no 3-channel temporary (290 MB at 24 MP), and a tenth of torch.norm's time
+    return sum((image.narrow(-3, c, 1) - grey).square_() for c in range(3)).sqrt_()
 
 
 def colour_bound(image: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 import torch
 
+from derain import colour
 from derain.colour import CHROMA_RADIUS, CHROMA_SLACK, NOISE_BOX, cap_colour, colour_bound, colourfulness
 from derain.engine import apply_gate
 
@@ -56,3 +57,17 @@ def test_the_gate_caps_the_colour_it_takes_from_the_network():
     image, output = _grey_photo_with_a_red_patch()
     apply_gate(output, image, torch.ones(1, 96, 96))  # the map takes the network's output everywhere
     assert colourfulness(output).max() <= CHROMA_SLACK + 1e-6
+
+
+def test_band_by_band_the_cap_is_the_whole_image_s(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 150, 90, generator=generator).mul_(0.3).add_(0.35)
+    image[:, :, 60:64] = torch.tensor([0.9, 0.1, 0.2]).view(1, 3, 1, 1)  # coloured rows near a band's edge
+    output = torch.rand(2, 3, 150, 90, generator=generator)
+    whole = output.clone()
+    cap_colour(whole, image)
+    monkeypatch.setattr(colour, "BAND", 32)  # five bands, each with its halo
+    banded = output.clone()
+    cap_colour(banded, image)
+    assert not torch.equal(whole, output), "the cap did something"
+    assert torch.equal(banded, whole)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .allocator import keep_freed_memory
 from .colour import cap_colour
 from .dense import combine_changes, dense_region, density_weights, enlarge, reduce_change
+from .focused import remove_focused_drops
 from .fusion import DEFAULT_RADIUS
 from .lights import light_sources
 from .model import SIZE_MULTIPLE, Generator
@@ -59,6 +60,8 @@ GATE_LEVEL = 0.2
 #: photo the same drops are six times larger, far beyond what the network repaints.
 WORKING_SIZE = 480
 MIN_WORKING_SIZE = 32
+FOCUS = ("scene", "glass")
+"""Where the camera focused: ``Derainer``'s ``focus`` values (:mod:`derain.focused`)."""
 
 
 class Precision(str, Enum):
@@ -146,7 +149,10 @@ class Derainer:
     ``compile``: run the generator through ``torch.compile`` on NHWC tensors (CUDA only), which
     fuses the ConvLSTM's element-wise work: on an H200, 30 MP/s for 720×480 frames in batches and
     33 MP/s for one 1080p photo, after 20–30 s of compiling at the first size and again once
-    sizes vary. For video and large batches, not for one photo.
+    sizes vary. For video and large batches, not for one photo. ``focus``: where the camera
+    focused; "glass" (drops sharp, the scene behind them blurred) replaces the drops the network
+    leaves with the out-of-focus scene around them (:mod:`derain.focused`), softening scene detail
+    finer than a drop; "scene", the default, runs the network alone.
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class Derainer:
         working_size: int | None = WORKING_SIZE,
         dense_pass: bool | None = None,
         compile: bool = False,
+        focus: str = "scene",
     ) -> None:
         for name, value in (("steps", steps), ("tile_overlap", tile_overlap), ("working_size", working_size)):
             _check_whole(name, value, none_ok=name != "tile_overlap")
@@ -169,6 +176,9 @@ class Derainer:
                 raise TypeError(f"{name} must be True, False or None (the default)")
         if compile not in (True, False):
             raise TypeError("compile must be True or False")
+        if focus not in FOCUS:
+            raise ValueError(f"focus must be one of {', '.join(FOCUS)}, not {focus!r}")
+        self.focus = focus
         self.device = pick_device("auto" if device is None else device)
         self.precision = pick_precision("auto" if precision is None else precision, self.device)
         if compile and self.device.type != "cuda":
@@ -291,6 +301,7 @@ class Derainer:
         results = self._run_same_size(small, scale, all_maps)
         if self.dense_pass:
             results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
+        results = [self._focused(r) for r in results]
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
 
     def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool, all_maps: bool = True) -> Restoration:
@@ -302,6 +313,7 @@ class Derainer:
         result = self._run_one(small, scale, with_attention or dense_pass, with_attention and all_maps)
         if dense_pass:
             result = self._dense_pass(small, scale, result, with_attention)
+        result = self._focused(result)
         return result if size is None else _scale_back(image, small, result)
 
     def _run_one(self, image: np.ndarray, scale: float, with_attention: bool, all_maps: bool = True) -> Restoration:
@@ -343,6 +355,12 @@ class Derainer:
         pixels = result.image.copy()
         pixels[region] = np.clip(np.rint(crop + change), 0.0, float(np.iinfo(image.dtype).max))
         return Restoration(pixels, maps)
+
+    def _focused(self, result: Restoration) -> Restoration:
+        """``result`` with the drops :mod:`derain.focused` finds removed, when the camera focused on the glass."""
+        if self.focus != "glass":
+            return result
+        return Restoration(remove_focused_drops(result.image), result.attention)
 
     def _run_same_size(self, images: list[np.ndarray], scale: float, all_maps: bool) -> list[Restoration]:
         """:meth:`run_batch` at the images' own size."""

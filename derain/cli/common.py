@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..engine import DEFAULT_OVERLAP, MAX_STEPS, MIN_WORKING_SIZE, WORKING_SIZE, Derainer
+from ..engine import DEFAULT_OVERLAP, FOCUS, MAX_STEPS, MIN_WORKING_SIZE, WORKING_SIZE, Derainer
 from ..imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ..weights import WeightsError
 
@@ -58,7 +58,17 @@ class BadSetup(click.ClickException):
 
 
 def model_options(command: Callable) -> Callable:
-    """:func:`network_options`, --working-size and --dense-pass: what every command that cleans photos takes."""
+    """:func:`network_options`, --working-size, --dense-pass and --focus: what commands that clean photos take."""
+    command = click.option(
+        "--focus",
+        default=FOCUS[0],
+        show_default=True,
+        type=click.Choice(FOCUS),
+        help="Where the camera focused. glass: on the drops (a phone against a wet window, a dash-cam that shows "
+        "its windscreen's drops sharp), which come out dark-rimmed over a blurred scene; the drops the network leaves "
+        "are replaced by the out-of-focus scene around them, which also softens scene detail finer than a drop. "
+        "scene: the network alone.",
+    )(command)
     command = click.option(
         "--dense-pass/--no-dense-pass",
         default=None,

@@ -65,6 +65,7 @@ def clean(
       derain clean rainy.jpg                  # writes rainy_derained.jpg
       derain clean IMG_0042.HEIC --ext jpg    # iPhone photo to JPEG, metadata kept
       derain clean rainy.jpg -o clean.png --attention
+      derain clean window.jpg --focus glass   # the camera focused on the drops
       derain clean huge.tif --tile 512 --device cpu
     """
     if input_path.is_dir():

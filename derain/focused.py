@@ -6,6 +6,7 @@ shipped weights learned drops the other way round (soft blobs over a sharp scene
 almost untouched. But a scene out of focus holds no detail smaller than a drop, so the median of
 the photo over a window a little larger than most drops is that scene without them: wherever the
 photo strays from its median by more than :data:`DEVIATION`, the smoothed median replaces it.
+A second look, at twice the window, takes the drops too wide for the first.
 Scene detail finer than a drop (thin railings, small text, foliage in focus) is softened too,
 which is why it is a choice the user makes for such photos and not a default.
 """
@@ -34,6 +35,9 @@ MARGIN, FEATHER = 2, 1.5
 #: Blur (sigma, as a fraction of the window) of the median before it fills in: a median's flat
 #: patches would show as a painted look.
 SMOOTHING = 1 / 6
+#: Share of its bounding box a dark spot fills to count as a drop in the second, wider look
+#: (a disc fills 0.79 of it, a thin dark line along a box's diagonal far less).
+COMPACTNESS = 0.4
 
 
 def median_window(height: int, width: int) -> int:
@@ -47,16 +51,40 @@ def remove_focused_drops(image: np.ndarray) -> np.ndarray:
     so do lamps in a night shot (:func:`~derain.lights.light_sources`)."""
     scale = float(np.iinfo(image.dtype).max)
     pixels = image.astype(np.float32) / scale
-    # OpenCV's medians over windows wider than 5 px take 8-bit images only; the median fills in a
-    # blurred scene, where 8 bits are plenty, and the test against it uses every bit of the photo
-    eight = image if image.dtype == np.uint8 else np.rint(pixels * 255).astype(np.uint8)
+    kept = 1.0 - light_sources(torch.from_numpy(pixels).permute(2, 0, 1)).numpy()
     window = median_window(*image.shape[:2])
-    median = cv2.medianBlur(np.ascontiguousarray(eight), window).astype(np.float32) / 255
-    drops = (np.abs(pixels - median).max(axis=2) > DEVIATION).astype(np.uint8)
-    drops = cv2.morphologyEx(drops, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))  # rims into whole drops
+    median = _median(pixels, window)
+    strays = (np.abs(pixels - median).max(axis=2) > DEVIATION).astype(np.uint8)
+    _fill_in(pixels, median, cv2.morphologyEx(strays, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)), window, kept)
+    # A drop wider than half the window outvotes the scene in its median and stays; under a median
+    # twice as wide, its dark rim is a compact spot darker than the scene in every channel
+    wide = 2 * window + 1
+    median = _median(pixels, wide)
+    _fill_in(pixels, median, _compact((median - pixels).min(axis=2) > DEVIATION, wide), wide, kept)
+    return np.clip(np.rint(pixels * scale), 0.0, scale).astype(image.dtype)
+
+
+def _median(pixels: np.ndarray, window: int) -> np.ndarray:
+    """The median of ``pixels`` (H×W×3 float in [0, 1]) over a ``window``-px square. OpenCV takes
+    only 8-bit images for windows wider than 5 px: the median fills in a blurred scene, where 8
+    bits are plenty, and the test against it uses every bit of the photo."""
+    return cv2.medianBlur(np.rint(pixels * 255).astype(np.uint8), window).astype(np.float32) / 255
+
+
+def _compact(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask``'s connected parts no wider or taller than ``size`` px that fill at least
+    :data:`COMPACTNESS` of their bounding box: drops, not the edges of dark things in the scene."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    width, height, area = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_AREA]
+    keep = (np.maximum(width, height) <= size) & (area >= COMPACTNESS * width * height)
+    keep[0] = False  # the background
+    return keep[labels].astype(np.uint8)
+
+
+def _fill_in(pixels: np.ndarray, median: np.ndarray, drops: np.ndarray, window: int, kept: np.ndarray) -> None:
+    """Replace ``drops`` (H×W uint8 0/1) in ``pixels``, in place, with the ``window``-px ``median``
+    blurred, feathered around each, except where ``kept`` (H×W, 1 = keep) says."""
     drops = cv2.dilate(drops, np.ones((2 * MARGIN + 1, 2 * MARGIN + 1), np.uint8))
-    weight = cv2.GaussianBlur(drops.astype(np.float32), (0, 0), FEATHER)
-    weight *= 1.0 - light_sources(torch.from_numpy(pixels).permute(2, 0, 1)).numpy()
+    weight = cv2.GaussianBlur(drops.astype(np.float32), (0, 0), FEATHER) * kept
     scene = cv2.GaussianBlur(median, (0, 0), window * SMOOTHING)
     pixels += (scene - pixels) * weight[..., None]
-    return np.clip(np.rint(pixels * scale), 0.0, scale).astype(image.dtype)

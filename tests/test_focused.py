@@ -56,6 +56,20 @@ def test_sharp_drops_over_a_blurred_scene_give_way_to_it(dtype):
     assert np.array_equal(out[far], rainy[far]), "pixels no drop is near stay exactly as they were"
 
 
+def test_a_drop_too_wide_for_the_median_gives_way_at_twice_the_window():
+    scene = blurred_scene()
+    rainy = scene.copy()
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    window = median_window(HEIGHT, WIDTH)
+    wide = np.hypot(yy - 120, xx - 160) <= window * 0.6  # fills more than half of the window's square
+    rainy[wide] = 0.05
+    scene8, rainy8 = to_dtype(scene, np.uint8), to_dtype(rainy, np.uint8)
+    median = cv2.medianBlur(rainy8, window)
+    assert np.abs(median[120, 160].astype(int) - scene8[120, 160]).max() > 50, "one look leaves it"
+    out = remove_focused_drops(rainy8)
+    assert np.abs(out[wide].astype(int) - scene8[wide]).max() <= 12
+
+
 def test_a_blurred_scene_without_drops_is_left_as_it_is():
     scene = to_dtype(blurred_scene(), np.uint8)
     assert np.array_equal(remove_focused_drops(scene), scene)

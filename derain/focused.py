@@ -74,7 +74,7 @@ def _median(pixels: np.ndarray, window: int) -> np.ndarray:
 def _compact(mask: np.ndarray, size: int) -> np.ndarray:
     """``mask``'s connected parts no wider or taller than ``size`` px that fill at least
     :data:`COMPACTNESS` of their bounding box: drops, not the edges of dark things in the scene."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     width, height, area = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_AREA]
     keep = (np.maximum(width, height) <= size) & (area >= COMPACTNESS * width * height)
     keep[0] = False  # the background

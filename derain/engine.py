@@ -298,10 +298,10 @@ class Derainer:
         """:meth:`run_batch` of images of one size and dtype that need no tiles, in one forward pass."""
         size = self._working_shape(*images[0].shape[:2])
         small = images if size is None else [_resize(i, size) for i in images]
-        results = self._run_same_size(small, scale, all_maps)
-        if self.dense_pass:
-            results = [self._dense_pass(i, scale, r, with_attention=True) for i, r in zip(small, results)]
-        results = [self._focused(r) for r in results]
+        results = [
+            self._after_network(i, scale, r, True, self.dense_pass)
+            for i, r in zip(small, self._run_same_size(small, scale, all_maps))
+        ]
         return results if size is None else [_scale_back(*args) for args in zip(images, small, results)]
 
     def _run(self, image: np.ndarray, with_attention: bool, dense_pass: bool, all_maps: bool = True) -> Restoration:
@@ -311,9 +311,7 @@ class Derainer:
         small = image if size is None else _resize(image, size)
         # The dense pass needs the final map alone: on a GPU the others stay there
         result = self._run_one(small, scale, with_attention or dense_pass, with_attention and all_maps)
-        if dense_pass:
-            result = self._dense_pass(small, scale, result, with_attention)
-        result = self._focused(result)
+        result = self._after_network(small, scale, result, with_attention, dense_pass)
         return result if size is None else _scale_back(image, small, result)
 
     def _run_one(self, image: np.ndarray, scale: float, with_attention: bool, all_maps: bool = True) -> Restoration:
@@ -356,11 +354,16 @@ class Derainer:
         pixels[region] = np.clip(np.rint(crop + change), 0.0, float(np.iinfo(image.dtype).max))
         return Restoration(pixels, maps)
 
-    def _focused(self, result: Restoration) -> Restoration:
-        """``result`` with the drops :mod:`derain.focused` finds removed, when the camera focused on the glass."""
-        if self.focus != "glass":
-            return result
-        return Restoration(remove_focused_drops(result.image), result.attention)
+    def _after_network(
+        self, image: np.ndarray, scale: float, result: Restoration, with_attention: bool, dense_pass: bool
+    ) -> Restoration:
+        """What follows the network's pass over ``image`` (at the working size): the dense pass, if
+        asked for, then, where the camera focused on the glass, the drops :mod:`derain.focused` finds."""
+        if dense_pass:
+            result = self._dense_pass(image, scale, result, with_attention)
+        if self.focus == "glass":
+            result = Restoration(remove_focused_drops(result.image), result.attention)
+        return result
 
     def _run_same_size(self, images: list[np.ndarray], scale: float, all_maps: bool) -> list[Restoration]:
         """:meth:`run_batch` at the images' own size."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
+from .bokeh import remove_bokeh
 from .colour import cap_colour
 from .dense import combine_changes, dense_region, density_weights, enlarge, reduce_change
 from .focused import remove_focused_drops
@@ -152,7 +153,9 @@ class Derainer:
     sizes vary. For video and large batches, not for one photo. ``focus``: where the camera
     focused; "glass" (drops sharp, the scene behind them blurred) replaces the drops the network
     leaves with the out-of-focus scene around them (:mod:`derain.focused`), softening scene detail
-    finer than a drop; "scene", the default, runs the network alone.
+    finer than a drop; "scene", the default, runs the network alone. ``bokeh``: fill in the bright
+    discs of one size that drops lit at night make when the scene is in focus (:mod:`derain.bokeh`),
+    which fills in other bright round things of that size too.
     """
 
     def __init__(
@@ -168,17 +171,19 @@ class Derainer:
         dense_pass: bool | None = None,
         compile: bool = False,
         focus: str = "scene",
+        bokeh: bool = False,
     ) -> None:
         for name, value in (("steps", steps), ("tile_overlap", tile_overlap), ("working_size", working_size)):
             _check_whole(name, value, none_ok=name != "tile_overlap")
         for name, value in (("gate", gate), ("dense_pass", dense_pass)):
             if value not in (None, True, False):
                 raise TypeError(f"{name} must be True, False or None (the default)")
-        if compile not in (True, False):
-            raise TypeError("compile must be True or False")
+        for name, value in (("compile", compile), ("bokeh", bokeh)):
+            if value not in (True, False):
+                raise TypeError(f"{name} must be True or False")
         if focus not in FOCUS:
             raise ValueError(f"focus must be one of {', '.join(FOCUS)}, not {focus!r}")
-        self.focus = focus
+        self.focus, self.bokeh = focus, bokeh
         self.device = pick_device("auto" if device is None else device)
         self.precision = pick_precision("auto" if precision is None else precision, self.device)
         if compile and self.device.type != "cuda":
@@ -358,11 +363,14 @@ class Derainer:
         self, image: np.ndarray, scale: float, result: Restoration, with_attention: bool, dense_pass: bool
     ) -> Restoration:
         """What follows the network's pass over ``image`` (at the working size): the dense pass, if
-        asked for, then, where the camera focused on the glass, the drops :mod:`derain.focused` finds."""
+        asked for, then, where the camera focused on the glass, the drops :mod:`derain.focused` finds,
+        and, if asked for, the bokeh of drops lit at night (:mod:`derain.bokeh`)."""
         if dense_pass:
             result = self._dense_pass(image, scale, result, with_attention)
         if self.focus == "glass":
             result = Restoration(remove_focused_drops(result.image), result.attention)
+        if self.bokeh:
+            result = Restoration(remove_bokeh(result.image), result.attention)
         return result
 
     def _run_same_size(self, images: list[np.ndarray], scale: float, all_maps: bool) -> list[Restoration]:

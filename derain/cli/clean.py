@@ -66,6 +66,7 @@ def clean(
       derain clean IMG_0042.HEIC --ext jpg    # iPhone photo to JPEG, metadata kept
       derain clean rainy.jpg -o clean.png --attention
       derain clean window.jpg --focus glass   # the camera focused on the drops
+      derain clean street.jpg --bokeh         # at night: drops lit as bright discs
       derain clean huge.tif --tile 512 --device cpu
     """
     if input_path.is_dir():

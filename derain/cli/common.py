@@ -58,7 +58,15 @@ class BadSetup(click.ClickException):
 
 
 def model_options(command: Callable) -> Callable:
-    """:func:`network_options`, --working-size, --dense-pass and --focus: what commands that clean photos take."""
+    """:func:`network_options`, --working-size, --dense-pass, --focus and --bokeh: what commands that clean
+    photos take."""
+    command = click.option(
+        "--bokeh",
+        is_flag=True,
+        help="For night shots with the scene in focus: drops lit by lamps show as bright discs all of one size "
+        "(bokeh), which the network leaves; fill them in from around them. Lamps stay; a bright round thing of "
+        "the discs' size (a lit round sign) is filled in too, so use it on such photos only.",
+    )(command)
     command = click.option(
         "--focus",
         default=FOCUS[0],

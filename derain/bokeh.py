@@ -94,7 +94,7 @@ def remove_bokeh(image: np.ndarray) -> np.ndarray:
     if size is None:
         return image
     discs = [d for d in discs if abs(np.log(d.radius / size)) < np.log(SIZE_SPREAD)]
-    mask = _disc_mask(luma, discs) & (_lamps(pixels, size) == 0)
+    mask = _disc_mask(luma, discs) & (lamps(pixels, size) == 0)
     filled = cv2.inpaint(pixels, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
     weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), FEATHER)
     if shrink != 1.0:
@@ -244,14 +244,14 @@ def _outlined(luma: np.ndarray, disc: Disc) -> Disc:
     return replace(disc, reach=float(far) if bokeh else 0.0)
 
 
-def _lamps(pixels: np.ndarray, size: float) -> np.ndarray:
-    """H×W uint8, 1 over the lamps of ``pixels`` (8-bit) and their glow: clipped areas wider than
-    a disc of the field's ``size``. The brightest bokeh clips too, so the night rule of
-    :mod:`derain.lights` (keep every clipped area) would keep it."""
+def lamps(pixels: np.ndarray, size: float) -> np.ndarray:
+    """H×W uint8, 1 over the lamps of ``pixels`` (H×W×3, 8-bit) and their glow: clipped areas wider
+    than a disc of the field's radius ``size`` (px). The brightest bokeh clips too, so the night
+    rule of :mod:`derain.lights` (keep every clipped area) would keep it."""
     clipped = (pixels.min(axis=2) >= round(CLIP_LEVEL * 255)).astype(np.uint8)
     wider = 2 * round(size * SIZE_SPREAD) + 1
-    lamps = cv2.morphologyEx(clipped, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (wider, wider)))
-    return cv2.dilate(lamps, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * LIGHT_RIM + 1, 2 * LIGHT_RIM + 1)))
+    wide = cv2.morphologyEx(clipped, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (wider, wider)))
+    return cv2.dilate(wide, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * LIGHT_RIM + 1, 2 * LIGHT_RIM + 1)))
 
 
 def _disc_mask(luma: np.ndarray, discs: list[Disc]) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from derain import Derainer
-from derain.bokeh import LUMA, MIN_DISCS, Disc, bokeh_size, find_discs, remove_bokeh
+from derain.bokeh import LUMA, MIN_DISCS, SIZE_SPREAD, Disc, bokeh_size, find_discs, lamps, remove_bokeh
 from derain.cli import main
 
 HEIGHT, WIDTH = 240, 360
@@ -75,7 +75,7 @@ def test_the_discs_are_found_at_their_size():
     discs = find_discs(luma)
     size = bokeh_size(discs)
     assert size is not None and RADIUS / 2 < size < RADIUS * 1.5
-    found = [d for d in discs if abs(np.log(d.radius / size)) < np.log(1.3)]
+    found = [d for d in discs if abs(np.log(d.radius / size)) < np.log(SIZE_SPREAD)]
     assert len(found) == len(spots)
     for y, x in spots:  # each centred to within a pixel
         assert min(np.hypot(d.y - y, d.x - x) for d in found) < 1.0
@@ -111,6 +111,18 @@ def test_lamps_stay():
     assert not np.array_equal(out, night8), "the bokeh around it is still filled in"
 
 
+def test_lamps_are_clipped_areas_wider_than_a_disc():
+    pixels = np.full((HEIGHT, WIDTH, 3), 30, np.uint8)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    lamp = np.hypot(yy - LAMP[0], xx - LAMP[1]) <= LAMP[2]
+    clipped_disc = np.hypot(yy - 150, xx - 100) <= RADIUS  # the brightest bokeh clips too
+    pixels[lamp | clipped_disc] = 255
+    found = lamps(pixels, RADIUS) > 0
+    assert found[lamp].all() and not found[clipped_disc].any()
+    glow = np.hypot(yy - LAMP[0], xx - LAMP[1]) <= LAMP[2] + 5
+    assert found[glow].all(), "and the glow around a lamp"
+
+
 def test_a_large_photo_is_searched_at_the_detection_size():
     spots = centres(18)
     night = to_dtype(with_bokeh(night_scene(), spots), np.uint8)
@@ -127,6 +139,7 @@ def test_the_engine_fills_in_what_the_network_leaves(tiny_weights):
     network = Derainer(tiny_weights, **settings).clean(night)
     filled = Derainer(tiny_weights, bokeh=True, **settings).clean(night)
     assert np.array_equal(filled, remove_bokeh(network))
+    assert not np.array_equal(filled, network)
     frames = Derainer(tiny_weights, bokeh=True, **settings).run_batch([night, night])
     assert all(np.array_equal(f.image, filled) for f in frames), "video frames get it too"
     with pytest.raises(TypeError, match="bokeh must be True or False"):

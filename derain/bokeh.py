@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from .fusion import LUMA
 from .lights import CLIP_LEVEL, LIGHT_RIM
 
 #: Radii (px, of the centre disc the detector compares with its ring) searched, as fractions of
@@ -61,7 +62,6 @@ ROUNDNESS = 1.6
 FLATNESS = 0.7
 #: Short side (px) the discs are sought and filled at: a larger photo gets the fill scaled up.
 DETECTION_SIZE = 480
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclass(frozen=True)
